@@ -1,0 +1,161 @@
+"""Build signed transactions, one function per kind.
+
+Each builder takes the signing key, the chain id and the expiry, then the
+payload fields of its kind in wire order (see state.tx), and returns the
+canonical signed bytes ready to submit. The signer is always the key's own
+public key: on perkchain the key that signs is the account that acts.
+
+Accounts and merchants are given as 32 raw key bytes or as ``perk1...``
+addresses. Before returning, every builder decodes its own output with
+state.tx.decode_tx, so a field the network would refuse as malformed (a name
+too long, a control character in a memo, a boolean where an amount belongs)
+raises BuildError here rather than coming back as a rejection. Amounts and
+rates are deliberately not range-checked: the ledger owns those rules and
+reports them with their own codes.
+
+Signing is deterministic, so building the same transaction twice gives the
+same bytes and the same hash; a retry after a lost reply cannot spend twice.
+The other side of this: two intended, identical transfers must differ in
+memo or expiry, or the second is a duplicate.
+"""
+
+from __future__ import annotations
+
+from client.keys import PUBLIC_KEY_BYTES, Keypair, parse_address
+from state.tx import Kind, TxRejected, build_signed, decode_tx
+
+__all__ = [
+    "AccountRef",
+    "BuildError",
+    "award_purchase",
+    "redeem",
+    "register_merchant",
+    "set_account_frozen",
+    "transfer",
+    "update_merchant",
+]
+
+# An account named by its raw public key or by its address.
+AccountRef = bytes | str
+
+
+class BuildError(ValueError):
+    """The arguments do not make a well-formed transaction."""
+
+
+def register_merchant(
+    key: Keypair,
+    chain_id: str,
+    expires_at: int,
+    merchant: AccountRef,
+    name: str,
+    rate: int,
+    daily_cap: int,
+) -> bytes:
+    """Admit `merchant` to the coalition; `rate` is coins per 100 minor units."""
+    payload = [account_key(merchant, "merchant"), name, rate, daily_cap]
+    return sign_transaction(key, chain_id, Kind.REGISTER_MERCHANT, expires_at, payload)
+
+
+def update_merchant(
+    key: Keypair,
+    chain_id: str,
+    expires_at: int,
+    merchant: AccountRef,
+    name: str,
+    rate: int,
+    daily_cap: int,
+    active: bool,
+) -> bytes:
+    """Change a merchant's terms, or suspend it with `active=False`."""
+    payload = [account_key(merchant, "merchant"), name, rate, daily_cap, active]
+    return sign_transaction(key, chain_id, Kind.UPDATE_MERCHANT, expires_at, payload)
+
+
+def set_account_frozen(
+    key: Keypair,
+    chain_id: str,
+    expires_at: int,
+    account: AccountRef,
+    frozen: bool,
+    reason: str = "",
+) -> bytes:
+    """Freeze or unfreeze `account`; `reason` is recorded on chain."""
+    payload = [account_key(account, "account"), frozen, reason]
+    return sign_transaction(key, chain_id, Kind.SET_ACCOUNT_FROZEN, expires_at, payload)
+
+
+def award_purchase(
+    key: Keypair,
+    chain_id: str,
+    expires_at: int,
+    customer: AccountRef,
+    order_id: str,
+    amount: int,
+) -> bytes:
+    """A merchant awards coins for an order; `amount` is the spend in minor units."""
+    payload = [account_key(customer, "customer"), order_id, amount]
+    return sign_transaction(key, chain_id, Kind.AWARD_PURCHASE, expires_at, payload)
+
+
+def redeem(
+    key: Keypair,
+    chain_id: str,
+    expires_at: int,
+    merchant: AccountRef,
+    amount: int,
+    reference: str = "",
+) -> bytes:
+    """A customer spends `amount` coins at `merchant`."""
+    payload = [account_key(merchant, "merchant"), amount, reference]
+    return sign_transaction(key, chain_id, Kind.REDEEM, expires_at, payload)
+
+
+def transfer(
+    key: Keypair,
+    chain_id: str,
+    expires_at: int,
+    to: AccountRef,
+    amount: int,
+    memo: str = "",
+) -> bytes:
+    """Send `amount` coins from the key's account to `to`."""
+    payload = [account_key(to, "to"), amount, memo]
+    return sign_transaction(key, chain_id, Kind.TRANSFER, expires_at, payload)
+
+
+def account_key(value: AccountRef, name: str) -> bytes:
+    """The 32-byte public key for an account given as raw bytes or an address."""
+    if isinstance(value, str):
+        # AddressError is a ValueError and already names the problem.
+        return parse_address(value)
+    if type(value) is not bytes:
+        raise TypeError(
+            f"{name}: expected 32 key bytes or an address, not {type(value).__name__}"
+        )
+    if len(value) != PUBLIC_KEY_BYTES:
+        raise BuildError(
+            f"{name}: a public key is {PUBLIC_KEY_BYTES} bytes, got {len(value)}"
+        )
+    return value
+
+
+def sign_transaction(
+    key: Keypair, chain_id: str, kind: Kind, expires_at: int, payload: list
+) -> bytes:
+    """Sign with `key` as signer, then decode the result as a node would."""
+    if not isinstance(key, Keypair):
+        raise TypeError("key must be a client.keys.Keypair")
+    try:
+        raw = build_signed(
+            chain_id, kind, key.public_key, expires_at, payload, key.sign
+        )
+    except (OverflowError, TypeError, ValueError) as exc:
+        # msgpack refuses integers beyond 64 bits, strings that are not valid
+        # Unicode (lone surrogates) and values of types it cannot encode.
+        raise BuildError(f"{kind.name}: cannot encode: {exc}") from None
+    try:
+        decode_tx(raw)
+    except TxRejected as exc:
+        raise BuildError(f"{kind.name}: {exc.detail}") from None
+    return raw

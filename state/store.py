@@ -1,0 +1,228 @@
+"""The node's LevelDB database (plyvel), one per node.
+
+Key layout, by first byte:
+
+    s...                      ledger state (state.ledger), covered by the root
+    b + height                block bytes
+    c + height                commit certificate bytes (opaque here)
+    r + height                receipts of the block
+    t + tx_hash               height (8 bytes) + index (4 bytes) of a transaction
+    h + account + height + index + event
+                              [tx_hash, event, delta]: per-account history
+    m + name                  chain metadata: height, hash, time, accumulator ...
+
+Heights, indexes and times are fixed-width big-endian so iteration is in order.
+
+Everything one block changes goes into a single write batch written with
+sync, so after a crash at any moment, kill -9 included, the database holds
+either the previous height or the new one, complete, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import plyvel
+
+from state.codec import decode, encode, sha256
+from state.genesis import Genesis
+from state.ledger import (
+    KEY_PROGRAM,
+    KEY_VALIDATORS,
+    STATE_PREFIX,
+    Merchant,
+    Program,
+    merchant_key,
+)
+from state.root import Accumulator
+
+if TYPE_CHECKING:
+    from state.block import Block
+    from state.execute import BlockResult
+
+_META_HEIGHT = b"mheight"
+_META_HASH = b"mhash"
+_META_TIME = b"mtime"
+_META_ACC = b"macc"
+_META_CHAIN = b"mchain"
+_META_GENESIS = b"mgenesis"
+
+
+class StoreError(Exception):
+    """The database cannot be used: wrong chain, or damaged."""
+
+
+def h8(n: int) -> bytes:
+    return n.to_bytes(8, "big")
+
+
+def validators_hash(validators: list[list]) -> bytes:
+    return sha256(b"perkchain/validators/v1\x00" + encode(validators))
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike, genesis: Genesis):
+        os.makedirs(path, exist_ok=True)
+        self.path = str(path)
+        try:
+            # Most reads during execution look for keys that do not exist yet (a
+            # new order, a new account, a transaction hash): a Bloom filter
+            # answers those without touching the disk blocks.
+            self.db = plyvel.DB(
+                self.path,
+                create_if_missing=True,
+                bloom_filter_bits=10,
+                lru_cache_size=64 << 20,
+                write_buffer_size=16 << 20,
+            )
+        except plyvel.Error as exc:
+            raise StoreError(f"cannot open database at {path}: {exc}") from None
+        self.genesis = genesis
+        if self.db.get(_META_HEIGHT) is None:
+            self._write_genesis(genesis)
+        self._load_meta(genesis)
+
+    def close(self) -> None:
+        if not self.db.closed:
+            self.db.close()
+
+    # --- metadata ---
+
+    def _load_meta(self, genesis: Genesis) -> None:
+        if self.db.get(_META_GENESIS) != genesis.hash:
+            raise StoreError(
+                f"database at {self.path} belongs to another genesis "
+                f"(chain {self.db.get(_META_CHAIN, b'?').decode()!r})"
+            )
+        self.chain_id = genesis.chain_id
+        self.genesis_hash = genesis.hash
+        self.height = int.from_bytes(self.db.get(_META_HEIGHT), "big")
+        self.block_hash = self.db.get(_META_HASH)
+        self.time_ms = int.from_bytes(self.db.get(_META_TIME), "big")
+        self.accumulator = Accumulator.from_bytes(self.db.get(_META_ACC))
+        self.validators = decode(self.db.get(KEY_VALIDATORS), 1 << 20)
+        self.validators_hash = validators_hash(self.validators)
+
+    @property
+    def state_root(self) -> bytes:
+        return self.accumulator.root()
+
+    def _write_genesis(self, genesis: Genesis) -> None:
+        entries: dict[bytes, bytes] = {
+            KEY_PROGRAM: encode(
+                Program(
+                    list(genesis.admins),
+                    genesis.program.transfers_allowed,
+                    genesis.program.utc_offset_minutes,
+                ).to_wire()
+            ),
+            KEY_VALIDATORS: encode([[v.name, v.key] for v in genesis.validators]),
+        }
+        for m in genesis.merchants:
+            entries[merchant_key(m.key)] = encode(
+                Merchant(m.name, m.rate, m.daily_cap).to_wire()
+            )
+        acc = Accumulator()
+        with self.db.write_batch(transaction=True, sync=True) as batch:
+            for key in sorted(entries):
+                acc.add(key, entries[key])
+                batch.put(key, entries[key])
+            batch.put(_META_CHAIN, genesis.chain_id.encode())
+            batch.put(_META_GENESIS, genesis.hash)
+            batch.put(_META_HEIGHT, h8(0))
+            batch.put(_META_HASH, genesis.hash)
+            batch.put(_META_TIME, h8(genesis.genesis_time_ms))
+            batch.put(_META_ACC, acc.to_bytes())
+
+    # --- reads used by execution ---
+
+    def get_state(self, key: bytes) -> bytes | None:
+        return self.db.get(key)
+
+    def is_committed(self, tx_hash: bytes) -> bool:
+        """True if a transaction with this hash is in a committed block.
+
+        This is the replay check. The transaction index is kept for ever, so it
+        covers the replay window (committed hashes until they expire) and more:
+        a transaction past its expiry is refused as expired before this matters.
+        """
+        return self.db.get(b"t" + tx_hash) is not None
+
+    # --- commit ---
+
+    def commit_block(self, block: Block, commit: bytes, result: BlockResult) -> None:
+        """Write block, commit certificate, state and indexes in one synced batch."""
+        height = block.height
+        if height != self.height + 1:
+            raise StoreError(f"commit of height {height} on top of {self.height}")
+        hb = h8(height)
+
+        with self.db.write_batch(transaction=True, sync=True) as batch:
+            for key, value in result.state_writes.items():
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+
+            batch.put(b"b" + hb, block.encode())
+            batch.put(b"c" + hb, commit)
+            batch.put(b"r" + hb, result.receipts_bytes)
+            for index, (tx, receipt) in enumerate(
+                zip(result.txs, result.receipts, strict=True)
+            ):
+                position = hb + index.to_bytes(4, "big")
+                batch.put(b"t" + tx.hash, position)
+                for n, (name, account, delta) in enumerate(receipt.events):
+                    key = b"h" + account + position + bytes([n])
+                    batch.put(key, encode([tx.hash, name, delta]))
+
+            batch.put(_META_HEIGHT, hb)
+            batch.put(_META_HASH, block.hash)
+            batch.put(_META_TIME, h8(block.header.time_ms))
+            batch.put(_META_ACC, result.accumulator.to_bytes())
+
+        self.height = height
+        self.block_hash = block.hash
+        self.time_ms = block.header.time_ms
+        self.accumulator = result.accumulator
+
+    # --- reads for the API and sync ---
+
+    def block_bytes(self, height: int) -> bytes | None:
+        return self.db.get(b"b" + h8(height))
+
+    def commit_bytes(self, height: int) -> bytes | None:
+        return self.db.get(b"c" + h8(height))
+
+    def receipts_bytes(self, height: int) -> bytes | None:
+        return self.db.get(b"r" + h8(height))
+
+    def tx_location(self, tx_hash: bytes) -> tuple[int, int] | None:
+        raw = self.db.get(b"t" + tx_hash)
+        if raw is None:
+            return None
+        return int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:12], "big")
+
+    def history(
+        self, account: bytes, before: bytes | None = None, limit: int = 50
+    ) -> Iterator[tuple[bytes, int, int, bytes, str, int]]:
+        """An account's events, newest first: (cursor, height, index, tx_hash,
+        event, delta). Pass a returned cursor as `before` for the next page."""
+        prefix = b"h" + account
+        if before is not None and not before.startswith(prefix):
+            raise ValueError("cursor does not belong to this account")
+        stop = before if before is not None else prefix + b"\xff" * 13
+        it = self.db.iterator(start=prefix, stop=stop, reverse=True)
+        for n, (key, value) in enumerate(it):
+            if n >= limit:
+                break
+            tx_hash, name, delta = decode(value, 256)
+            height = int.from_bytes(key[33:41], "big")
+            index = int.from_bytes(key[41:45], "big")
+            yield key, height, index, tx_hash, name, delta
+
+    def state_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every ledger entry in key order: what an auditor sums for the root."""
+        yield from self.db.iterator(prefix=STATE_PREFIX)
