@@ -1,0 +1,64 @@
+"""How long consensus waits, and when it starts a new height.
+
+Each round step waits at most a timeout for the messages it needs. Timeouts
+grow linearly with the round, so that after enough failed rounds they are long
+enough for any real network delay (the partial-synchrony assumption that gives
+Tendermint its liveness), and never beyond a cap, so a validator that comes
+back after a long outage is not left waiting minutes for the next round.
+
+Between heights the engine waits `block_interval_ms` after a commit, and then
+until there is something to do: pending transactions, or `heartbeat_ms` since
+the last block's time (an empty block that shows the chain is alive).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from consensus.signer import STEP_PRECOMMIT, STEP_PREVOTE, STEP_PROPOSE
+
+
+@dataclass(frozen=True)
+class TimeoutConfig:
+    propose_ms: int = 3000
+    propose_delta_ms: int = 500
+    prevote_ms: int = 1000
+    prevote_delta_ms: int = 500
+    precommit_ms: int = 1000
+    precommit_delta_ms: int = 500
+    # No timeout ever exceeds this, whatever the round.
+    max_timeout_ms: int = 30_000
+    # Wait after a commit before starting the next height.
+    block_interval_ms: int = 1000
+    # Make an empty block when this long passed since the last block time.
+    heartbeat_ms: int = 10_000
+    # Prevote nil on a fresh proposal whose time is this far ahead of our clock.
+    max_clock_drift_ms: int = 500
+    # While waiting to start a height, check the mempool this often.
+    idle_poll_ms: int = 100
+    # Re-send this validator's votes of the current round this often, so a
+    # peer that missed them (restarted, or a lost packet) can catch up.
+    rebroadcast_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{f.name}: expected a non-negative integer")
+        for name in ("max_timeout_ms", "idle_poll_ms", "rebroadcast_ms"):
+            if getattr(self, name) == 0:
+                raise ValueError(f"{name}: must be positive")
+
+    def timeout_ms(self, step: int, round: int) -> int:
+        """The timeout of `step` in `round`: base + round * delta, capped."""
+        if round < 0:
+            raise ValueError("round must not be negative")
+        if step == STEP_PROPOSE:
+            base, delta = self.propose_ms, self.propose_delta_ms
+        elif step == STEP_PREVOTE:
+            base, delta = self.prevote_ms, self.prevote_delta_ms
+        elif step == STEP_PRECOMMIT:
+            base, delta = self.precommit_ms, self.precommit_delta_ms
+        else:
+            raise ValueError(f"step {step} has no timeout")
+        return min(self.max_timeout_ms, base + delta * round)

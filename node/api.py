@@ -1,0 +1,659 @@
+"""The node's HTTP API: submit transactions, read the ledger, follow new blocks.
+
+Apps reach perkchain through this API: a merchant's till awards coins for a
+purchase, a wallet shows a customer's balance and spends coins, an auditor's
+tools follow every committed block. Routes (node.openapi describes each):
+
+    GET  /v1/status                      chain, height, roots, mempool
+    POST /v1/transactions                submit one signed transaction
+    POST /v1/transactions/batch          submit up to api.max_batch at once
+    GET  /v1/transactions/{hash}         pending, committed or rejected
+    GET  /v1/blocks/latest               the tip, with transactions and receipts
+    GET  /v1/blocks/{height}
+    GET  /v1/accounts/{address}          balance, lots, paged history
+    GET  /v1/merchants/{address}         terms and issuance counters
+    GET  /v1/validators
+    GET  /v1/stream/blocks               server-sent events, one per block
+    GET  /v1/stream/accounts/{address}   server-sent events of one account
+    GET  /v1/openapi.json
+    GET  /metrics, /healthz, /readyz     for operators
+
+A transaction arrives as its canonical signed bytes (state.tx): hex in a JSON
+body, or raw with Content-Type application/msgpack. The node never signs for
+anyone. Answers are JSON, or msgpack when the Accept header asks for it; the
+documents (node.views) are the same either way.
+
+Every error is an RFC 9457 problem document with a stable `code`: a refused
+transaction carries its reason code's slug (state.codes), anything else one of
+the API's own codes. Input is assumed hostile: a declared body size is checked
+before any of it is read, JSON is parsed strictly, each client address has a
+bounded number of requests in flight, and anything unexpected becomes a 500
+problem that shows no internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+
+from node import views
+from node.events import CommittedBlock, Subscription
+from node.mempool import Admission, MempoolFull
+from node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from node.openapi import build_document
+from node.views import ApiError, clip, refusal, too_large
+from state.block import decode_block, decode_receipts
+from state.codes import Code
+from state.tx import TxRejected
+
+if TYPE_CHECKING:
+    from node.service import Node, TxStatus
+
+log = logging.getLogger("node.api")
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack"})
+PROBLEM = "application/problem+json"
+
+# Requests one client address may have in flight, streams included. Behind a
+# reverse proxy every client shares the proxy's address: raise it there.
+MAX_IN_FLIGHT_PER_CLIENT = 64
+# Streams send a comment line this often so proxies keep idle streams open, and
+# look for a vanished client this often between events.
+HEARTBEAT_S = 15.0
+DISCONNECT_POLL_S = 1.0
+
+NODE = web.AppKey("node", object)
+IN_FLIGHT = web.AppKey("in_flight", dict)
+STREAMS = web.AppKey("streams", set)
+STOPPING = web.AppKey("stopping", asyncio.Event)
+OPENAPI = web.AppKey("openapi", dict)
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+# --- problems ------------------------------------------------------------------------
+
+
+async def send_problem(request: web.Request, error: ApiError) -> web.StreamResponse:
+    body = json.dumps(error.doc, separators=(",", ":")).encode()
+    response = web.Response(
+        status=error.status, body=body, content_type=PROBLEM, headers=error.headers
+    )
+    if error.close:
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()
+    return response
+
+
+# --- formats -------------------------------------------------------------------------
+
+
+def wants_msgpack(request: web.Request) -> bool:
+    """True when Accept prefers msgpack to JSON (a tie goes to the named one)."""
+    best_json = best_msgpack = 0.0
+    for part in request.headers.get("Accept", "").split(","):
+        media, _, params = part.partition(";")
+        media = media.strip().lower()
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        q = q if 0.0 <= q <= 1.0 else 0.0
+        if media in MSGPACK_TYPES:
+            best_msgpack = max(best_msgpack, q)
+        elif media in (JSON, "application/*", "*/*"):
+            best_json = max(best_json, q)
+    return best_msgpack > 0 and best_msgpack >= best_json
+
+
+def reply(request: web.Request, doc: Any, status: int = 200, headers=None):
+    if wants_msgpack(request):
+        body, content_type = msgpack.packb(doc, use_bin_type=True), MSGPACK
+    else:
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        body, content_type = text.encode(), JSON
+    response = web.Response(
+        status=status, body=body, content_type=content_type, headers=headers
+    )
+    response.headers["Vary"] = "Accept"
+    return response
+
+
+# --- request bodies and parameters ------------------------------------------------
+
+
+async def read_body(request: web.Request) -> tuple[str, bytes]:
+    """("json" | "msgpack", body); 415 for any other Content-Type."""
+    content_type = request.content_type
+    charset = (request.charset or "utf-8").lower()
+    if content_type == JSON and charset in ("utf-8", "utf8"):
+        form = "json"
+    elif content_type in MSGPACK_TYPES:
+        form = "msgpack"
+    else:
+        sent = clip(request.headers.get("Content-Type", ""))
+        detail = f"Content-Type {sent!r} is neither {JSON} nor {MSGPACK}"
+        raise ApiError("unsupported_media_type", detail)
+    body = await request.read()  # client_max_size refuses more with 413
+    if not body:
+        raise ApiError("empty_body", "the request body is empty")
+    return form, body
+
+
+async def single_tx(request: web.Request) -> bytes:
+    form, body = await read_body(request)
+    if form == "msgpack":
+        return body  # the canonical transaction itself
+    return views.json_tx(views.parse_json(body))
+
+
+async def batch_txs(request: web.Request, max_batch: int) -> list[bytes | ApiError]:
+    form, body = await read_body(request)
+    if form == "msgpack":
+        return views.msgpack_batch(body, max_batch)
+    return views.json_batch(views.parse_json(body), max_batch)
+
+
+def query(request: web.Request, *allowed: str) -> dict[str, str]:
+    return views.check_query(request.query.items(), allowed)
+
+
+def node_of(request: web.Request) -> Node:
+    return request.app[NODE]  # type: ignore[return-value]
+
+
+# --- handlers: transactions ----------------------------------------------------------
+
+
+async def status(request: web.Request) -> web.Response:
+    query(request)
+    return reply(request, node_of(request).status())
+
+
+async def submit_transaction(request: web.Request) -> web.Response:
+    node = node_of(request)
+    timeout = views.parse_wait(
+        query(request, "wait", "timeout"), node.config.api.max_wait_s
+    )
+    raw = await single_tx(request)
+    try:
+        admission = await node.submit(raw)
+    except (TxRejected, MempoolFull) as exc:
+        raise refusal(exc, raw) from None
+    tx_hash = admission.tx.hash
+    if timeout is None:
+        return reply(request, {"hash": tx_hash.hex(), "status": "pending"}, 202)
+    return final_reply(request, tx_hash, await wait_final(request, tx_hash, timeout))
+
+
+async def wait_final(
+    request: web.Request, tx_hash: bytes, timeout: float
+) -> TxStatus | None:
+    """node.wait_final, cut short when the API shuts down."""
+    node = node_of(request)
+    waiting = asyncio.ensure_future(node.wait_final(tx_hash, timeout))
+    stopping = asyncio.ensure_future(request.app[STOPPING].wait())
+    try:
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        waiting.cancel()  # nothing when it is done; its own cleanup runs either way
+    return node.tx_status(tx_hash) if waiting.cancelled() else waiting.result()
+
+
+def final_reply(request: web.Request, tx_hash: bytes, final: TxStatus | None):
+    hash_hex = tx_hash.hex()
+    if final is None:
+        detail = "the transaction left the mempool uncommitted (it expired)"
+        raise ApiError("dropped", detail, hash=hash_hex)
+    if final.status == "pending":
+        return reply(request, {"hash": hash_hex, "status": "pending"}, 202)
+    if final.status == "rejected":
+        raise ApiError(final.code, final.detail, hash=hash_hex)
+    receipt = final.receipt
+    if receipt.code != Code.OK:
+        detail = f"committed at height {final.height}; the ledger refused it"
+        raise ApiError(
+            receipt.code,
+            detail,
+            status=422,
+            hash=hash_hex,
+            height=final.height,
+            index=final.index,
+        )
+    doc = {
+        "hash": hash_hex,
+        "status": "committed",
+        "height": final.height,
+        "index": final.index,
+        "receipt": views.receipt_view(receipt),
+    }
+    return reply(request, doc)
+
+
+async def submit_batch(request: web.Request) -> web.Response:
+    node = node_of(request)
+    query(request)
+    items = await batch_txs(request, node.config.api.max_batch)
+    raws = [item for item in items if isinstance(item, bytes)]
+    outcomes = iter(await node.submit_batch(raws))
+    results: list[dict[str, Any]] = []
+    headers: dict[str, str] = {}
+    for item in items:
+        outcome = item if isinstance(item, ApiError) else next(outcomes)
+        if isinstance(outcome, Admission):
+            results.append({"hash": outcome.tx.hash.hex(), "status": "pending"})
+            continue
+        error = outcome if isinstance(outcome, ApiError) else refusal(outcome, item)
+        headers.update(error.headers)  # Retry-After when the mempool was full
+        results.append(error.doc)
+    accepted = sum(1 for r in results if r["status"] == "pending")
+    return reply(request, {"accepted": accepted, "results": results}, 200, headers)
+
+
+async def transaction(request: web.Request) -> web.Response:
+    query(request)
+    tx_hash = views.parse_hash(request.match_info["hash"])
+    found = node_of(request).tx_status(tx_hash)
+    if found is None:
+        detail = "no pending, committed or recently refused transaction has this hash"
+        raise ApiError("unknown_transaction", detail, hash=tx_hash.hex())
+    return reply(request, views.tx_status_view(tx_hash, found))
+
+
+# --- handlers: ledger reads ----------------------------------------------------------
+
+
+def block_doc(node: Node, height: int) -> dict[str, Any]:
+    store = node.store
+    data = store.block_bytes(height)
+    if data is None:
+        detail = f"no block at height {height}; the latest is {store.height}"
+        raise ApiError("unknown_block", detail, height=height)
+    block = decode_block(data)
+    receipts = decode_receipts(store.receipts_bytes(height))
+    decoded = [node.signatures.decode(raw) for raw in block.txs]
+    return views.block_view(block, decoded, receipts, store.commit_bytes(height) or b"")
+
+
+async def latest_block(request: web.Request) -> web.Response:
+    query(request)
+    node = node_of(request)
+    if node.store.height == 0:
+        raise ApiError("unknown_block", "no block has been committed yet")
+    return reply(request, block_doc(node, node.store.height))
+
+
+async def block_at_height(request: web.Request) -> web.Response:
+    query(request)
+    height = views.parse_height(request.match_info["height"])
+    return reply(request, block_doc(node_of(request), height))
+
+
+async def account(request: web.Request) -> web.Response:
+    key = views.parse_address_text(request.match_info["address"])
+    params = query(request, "limit", "cursor")
+    limit = views.parse_limit(params)
+    cursor = views.parse_cursor(params, key)
+    store = node_of(request).store
+    record = views.read_account(store, key)
+    # One more than asked says whether another page exists, so the last page
+    # never hands out a cursor that leads to an empty one.
+    rows = list(store.history(key, cursor, limit + 1))
+    next_cursor = rows[limit - 1][0] if len(rows) > limit else None
+    history = [views.history_item(*row[1:]) for row in rows[:limit]]
+    now_s = store.time_ms // 1000
+    return reply(request, views.account_view(key, record, now_s, history, next_cursor))
+
+
+async def merchant(request: web.Request) -> web.Response:
+    key = views.parse_address_text(request.match_info["address"])
+    query(request)
+    store = node_of(request).store
+    record = views.read_merchant(store, key)
+    if record is None:
+        raise ApiError("unknown_merchant", "no merchant has this address", status=404)
+    program = views.read_program(store)
+    doc = views.merchant_view(key, record, program, store.time_ms // 1000)
+    return reply(request, doc)
+
+
+async def validators(request: web.Request) -> web.Response:
+    query(request)
+    return reply(request, views.validators_view(node_of(request).store))
+
+
+# --- handlers: streams ---------------------------------------------------------------
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {event}\ndata: {text}\n\n".encode()
+
+
+async def block_stream(request: web.Request) -> web.StreamResponse:
+    query(request)
+    return await serve_events(
+        request, "block", lambda c: [views.block_summary(c.block)]
+    )
+
+
+async def account_stream(request: web.Request) -> web.StreamResponse:
+    key = views.parse_address_text(request.match_info["address"])
+    query(request)
+    return await serve_events(
+        request, "account", lambda c: views.account_events(c, key)
+    )
+
+
+async def serve_events(
+    request: web.Request,
+    event: str,
+    render: Callable[[CommittedBlock], list[dict[str, Any]]],
+) -> web.StreamResponse:
+    """Server-sent events from committed blocks until the client or node leaves:
+    `event` with each document `render` makes of a block."""
+    app = request.app
+    subscription = node_of(request).events.subscribe()
+    app[STREAMS].add(subscription)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # proxies must not hold events back
+        }
+    )
+    loop = asyncio.get_running_loop()
+    route = route_label(request)
+    log.debug("stream opened route=%s remote=%s", route, request.remote)
+    reason = "client gone"
+    try:
+        await response.prepare(request)
+        await response.write(b": stream open\n\n")
+        last_write = loop.time()
+        while True:
+            poll = min(DISCONNECT_POLL_S, HEARTBEAT_S)
+            try:
+                committed = await asyncio.wait_for(subscription.next(), poll)
+            except TimeoutError:
+                if request.transport is None or request.transport.is_closing():
+                    break
+                if loop.time() - last_write >= HEARTBEAT_S:
+                    await response.write(b": heartbeat\n\n")
+                    last_write = loop.time()
+                continue
+            if committed is None:
+                reason = subscription.dropped_reason or "node stopping"
+                await response.write(sse("end", {"reason": reason}))
+                break
+            for data in render(committed):
+                await response.write(sse(event, data))
+                last_write = loop.time()
+    except ConnectionError:
+        pass  # the client went away between two writes
+    except Exception:
+        # The status line is out, so no problem document can follow.
+        reason = "error"
+        log.error("stream failed route=%s", route, exc_info=True)
+    finally:
+        subscription.close()
+        app[STREAMS].discard(subscription)
+        log.debug("stream closed route=%s reason=%r", route, reason)
+    return response
+
+
+def end_subscription(subscription: Subscription) -> None:
+    """Wake a stream with the end marker, making room in its queue if needed."""
+    subscription.close()
+    while True:
+        try:
+            subscription.queue.put_nowait(None)
+            return
+        except asyncio.QueueFull:
+            subscription.queue.get_nowait()
+
+
+async def on_shutdown(app: web.Application) -> None:
+    # Streams and finality waits would otherwise hold the server's shutdown
+    # for its whole grace period.
+    app[STOPPING].set()
+    for subscription in list(app[STREAMS]):
+        end_subscription(subscription)
+
+
+# --- handlers: documents and operations ----------------------------------------------
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    query(request)
+    return reply(request, request.app[OPENAPI])
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = node_of(request).metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def health(request: web.Request) -> web.Response:
+    return reply(request, {"status": "ok"})
+
+
+async def readiness(request: web.Request) -> web.Response:
+    node = node_of(request)
+    store = node.store
+    if not node.started or store is None or store.db.closed:
+        raise ApiError("not_ready", "the node is starting or stopping")
+    return reply(request, {"status": "ready", "height": store.height})
+
+
+# --- middleware ----------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def route_label(request: web.Request) -> str:
+    """The route template, never the raw path: metrics and logs stay bounded."""
+    resource = request.match_info.route.resource
+    return "unmatched" if resource is None else resource.canonical
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    response = await handler(request)
+    method = request.method if request.method in _METHODS else "other"
+    latency = node_of(request).metrics.http_latency
+    latency.labels(route_label(request), method, str(response.status)).observe(
+        time.perf_counter() - started
+    )
+    return response
+
+
+def from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiError:
+    path = clip(request.path)
+    headers = {
+        name: value
+        for name, value in exc.headers.items()
+        if name.lower() not in ("content-type", "content-length")
+    }
+    if exc.status == 404:
+        return ApiError("not_found", f"no route {path}")
+    if exc.status == 405:
+        allowed = ", ".join(sorted(exc.allowed_methods))  # type: ignore[attr-defined]
+        detail = f"{clip(request.method)} is not allowed on {path}; use {allowed}"
+        return ApiError("method_not_allowed", detail, headers=headers)
+    if exc.status == 413:  # client_max_size, met while reading a body
+        limit = node_of(request).config.api.max_body_bytes
+        return too_large(request.content_length or limit + 1, limit)
+    code = exc.reason.lower().replace(" ", "_")
+    return ApiError(code, exc.reason, status=exc.status, headers=headers)
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = from_http_exception(request, exc)
+    except ConnectionError:
+        raise  # the client left; there is no one to answer
+    except Exception:
+        route = route_label(request)
+        log.error("request failed method=%s route=%s", clip(request.method), route,
+                  exc_info=True)  # fmt: skip
+        error = ApiError("internal_error", "the node could not answer; it is logged")
+    log.debug(
+        "request refused method=%s route=%s status=%d code=%s",
+        clip(request.method),
+        route_label(request),
+        error.status,
+        error.doc["code"],
+    )
+    return await send_problem(request, error)
+
+
+@web.middleware
+async def limit_per_client(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    in_flight: dict[str, int] = request.app[IN_FLIGHT]
+    client = request.remote or "unknown"
+    count = in_flight.get(client, 0)
+    if count >= MAX_IN_FLIGHT_PER_CLIENT:
+        detail = f"at most {MAX_IN_FLIGHT_PER_CLIENT} requests in flight per client"
+        retry = {"Retry-After": str(views.RETRY_AFTER_S)}
+        raise ApiError("too_many_requests", detail, headers=retry)
+    in_flight[client] = count + 1
+    try:
+        return await handler(request)
+    finally:
+        if in_flight[client] <= 1:
+            del in_flight[client]
+        else:
+            in_flight[client] -= 1
+
+
+def allowed_origin(request: web.Request) -> str | None:
+    """The Access-Control-Allow-Origin value for this request, if any."""
+    origin = request.headers.get("Origin")
+    origins = node_of(request).config.api.cors_origins
+    if origin is None or not origins:
+        return None
+    if "*" in origins:
+        return "*"
+    return origin if origin in origins else None
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    allow = allowed_origin(request)
+    if allow is not None:
+        response.headers["Access-Control-Allow-Origin"] = allow
+        response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+    if node_of(request).config.api.cors_origins:
+        response.headers.add("Vary", "Origin")
+
+
+@web.middleware
+async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    exc = request.match_info.http_exception
+    if (
+        request.method != "OPTIONS"
+        or "Access-Control-Request-Method" not in request.headers
+        or not isinstance(exc, web.HTTPMethodNotAllowed)  # unknown routes: 404
+    ):
+        return await handler(request)
+    if allowed_origin(request) is None:
+        raise ApiError("origin_not_allowed", "this origin may not call the API")
+    headers = {
+        "Access-Control-Allow-Methods": ", ".join(sorted(exc.allowed_methods)),
+        "Access-Control-Allow-Headers": "Accept, Content-Type",
+        "Access-Control-Max-Age": "600",
+    }
+    return web.Response(status=204, headers=headers)
+
+
+@web.middleware
+async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    limit = node_of(request).config.api.max_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise too_large(declared, limit)
+    return await handler(request)
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Answer `Expect: 100-continue`, refusing an oversized body before it comes."""
+    limit = node_of(request).config.api.max_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return await send_problem(request, too_large(declared, limit))
+    if request.version == HttpVersion11:
+        expect = request.headers.get("Expect", "")
+        if expect.lower() != "100-continue":
+            error = ApiError("expectation_failed", f"cannot meet {clip(expect)!r}")
+            return await send_problem(request, error)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+    return None
+
+
+# --- the application -----------------------------------------------------------------
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/v1/status", status),
+    ("POST", "/v1/transactions", submit_transaction),
+    ("POST", "/v1/transactions/batch", submit_batch),
+    ("GET", "/v1/transactions/{hash}", transaction),
+    ("GET", "/v1/blocks/latest", latest_block),
+    ("GET", "/v1/blocks/{height}", block_at_height),
+    ("GET", "/v1/accounts/{address}", account),
+    ("GET", "/v1/merchants/{address}", merchant),
+    ("GET", "/v1/validators", validators),
+    ("GET", "/v1/stream/blocks", block_stream),
+    ("GET", "/v1/stream/accounts/{address}", account_stream),
+    ("GET", "/v1/openapi.json", openapi_document),
+    ("GET", "/metrics", metrics),
+    ("GET", "/healthz", health),
+    ("GET", "/readyz", readiness),
+]
+
+
+def create_app(node: Node) -> web.Application:
+    api = node.config.api
+    app = web.Application(
+        client_max_size=api.max_body_bytes,
+        # Outermost first: timing sees the final status of everything, problems
+        # wraps all that can refuse, the per-client count covers the rest.
+        middlewares=[observe, problems, limit_per_client, cors_preflight, body_limit],
+    )
+    app[NODE] = node
+    app[IN_FLIGHT] = {}
+    app[STREAMS] = set()
+    app[STOPPING] = asyncio.Event()
+    app[OPENAPI] = build_document(api.max_batch, api.max_body_bytes)
+    for method, path, handler in ROUTES:
+        expect = expect_continue if method == "POST" else None
+        app.router.add_route(method, path, handler, expect_handler=expect)
+    app.on_response_prepare.append(add_cors_headers)
+    app.on_shutdown.append(on_shutdown)
+    return app

@@ -1,0 +1,157 @@
+"""The ledger as the consensus engine sees it: propose, validate, commit.
+
+`LedgerApp` implements the engine's application interface over `state/`:
+
+- propose_block: the proposer reaps the mempool and builds (executes) a block;
+- validate_block: every validator re-executes a proposal before prevoting it;
+- commit_block: the block, its commit certificate and all it changes go to the
+  store in one synced batch, then waiters and streams hear of it.
+
+Execution results are kept by block hash between validate and commit, so a
+block is executed once per node however many rounds it takes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from node.events import CommittedBlock, EventBus
+from node.mempool import Mempool
+from state.block import Block
+from state.execute import BlockResult, Executor, InvalidBlock
+from state.store import Store
+
+log = logging.getLogger("node.app")
+
+# Results of blocks executed but not yet committed, kept by hash. More than a
+# handful means rounds are failing; the oldest are dropped.
+MAX_PENDING_RESULTS = 16
+
+
+class LedgerApp:
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        mempool: Mempool,
+        events: EventBus,
+        clock: Callable[[], int],
+        max_block_txs: int,
+        metrics=None,
+    ):
+        self.store = store
+        self.executor = executor
+        self.mempool = mempool
+        self.events = events
+        self.clock = clock
+        self.max_block_txs = max_block_txs
+        self.metrics = metrics
+        self._results: dict[bytes, BlockResult] = {}
+        self.sync_target = 0
+        self.on_sync_needed: Callable[[int], None] | None = None
+        self.on_evidence: Callable[[object], None] | None = None
+
+    # --- what the engine reads ---
+
+    def last_height(self) -> int:
+        return self.store.height
+
+    def last_block_time_ms(self) -> int:
+        return self.store.time_ms
+
+    def validators(self, height: int) -> list[bytes]:
+        # The set is fixed by genesis; changes by vote arrive with the set in
+        # state, at which point this reads the set effective at `height`.
+        return [key for _, key in self.store.validators]
+
+    def has_pending_txs(self) -> bool:
+        return len(self.mempool) > 0
+
+    def now_ms(self) -> int:
+        return self.clock()
+
+    # --- propose, validate, commit ---
+
+    def propose_block(self, height: int, time_ms: int, proposer: bytes) -> Block:
+        if height != self.store.height + 1:
+            raise ValueError(f"cannot propose height {height} on {self.store.height}")
+        time_ms = max(time_ms, self.store.time_ms + 1)
+        started = time.perf_counter()
+        block, result = self.executor.build_block(
+            time_ms, proposer, self.mempool.reap(self.max_block_txs)
+        )
+        for tx, code, detail in result.dropped:
+            self.mempool.remove(tx.hash)
+            log.info(
+                "mempool dropped tx=%s reason=%s detail=%r",
+                tx.hash.hex()[:16],
+                code.slug,
+                detail,
+            )
+        self._keep(block.hash, result)
+        self._observe_execution(started)
+        return block
+
+    def validate_block(self, block: Block) -> str | None:
+        if block.hash in self._results:
+            return None
+        started = time.perf_counter()
+        try:
+            result = self.executor.execute_block(block)
+        except InvalidBlock as exc:
+            return exc.reason
+        self._keep(block.hash, result)
+        self._observe_execution(started)
+        return None
+
+    def commit_block(self, block: Block, certificate) -> None:
+        if block.height <= self.store.height:
+            return  # already committed (a repeated decision): nothing to do
+        result = self._results.pop(block.hash, None)
+        if result is None:
+            result = self.executor.execute_block(block)
+        commit_bytes = (
+            certificate if isinstance(certificate, bytes) else certificate.encode()
+        )
+        self.store.commit_block(block, commit_bytes, result)
+        self._results.clear()
+        self.mempool.update(result.txs, block.header.time_s)
+
+        log.debug(
+            "block stored height=%d hash=%s txs=%d time_ms=%d root=%s",
+            block.height,
+            block.hash.hex()[:16],
+            len(result.txs),
+            block.header.time_ms,
+            result.state_root.hex()[:16],
+        )
+        if self.metrics is not None:
+            self.metrics.observe_commit(block, result, len(self.mempool))
+        self.events.publish(
+            CommittedBlock(block, result.txs, result.receipts, result.state_root)
+        )
+
+    def report_evidence(self, evidence) -> None:
+        log.warning("double signing detected evidence=%s", evidence)
+        if self.on_evidence is not None:
+            self.on_evidence(evidence)
+
+    def request_sync(self, target_height: int) -> None:
+        if target_height > self.sync_target:
+            self.sync_target = target_height
+            if self.on_sync_needed is not None:
+                self.on_sync_needed(target_height)
+
+    # --- helpers ---
+
+    def _keep(self, block_hash: bytes, result: BlockResult) -> None:
+        self._results[block_hash] = result
+        while len(self._results) > MAX_PENDING_RESULTS:
+            self._results.pop(next(iter(self._results)))
+
+    def _observe_execution(self, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.block_execution.observe(time.perf_counter() - started)
+

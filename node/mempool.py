@@ -1,0 +1,135 @@
+"""The mempool: admitted transactions waiting for a block.
+
+Admission does every check that needs no ledger state (form, size, chain id,
+amount ranges, signature) plus expiry and the replay check, exactly once per
+transaction: the signature result is cached by hash, so block execution does
+not verify it again. The pool is bounded by count and by bytes; when full it
+refuses (the API answers 503 with Retry-After) instead of growing.
+
+Order is first come, first served. After each commit the committed
+transactions leave the pool and the rest are rechecked for expiry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from state.codes import Code
+from state.store import Store
+from state.tx import (
+    SignatureCache,
+    Transaction,
+    TxRejected,
+    check_expiry,
+    check_stateless,
+    decode_tx,
+)
+
+log = logging.getLogger("node.mempool")
+
+
+class MempoolFull(Exception):
+    """No room now; the client should retry after a short wait."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    tx: Transaction
+    # False when these exact bytes were already waiting (an idempotent resubmit).
+    added: bool
+
+
+class Mempool:
+    def __init__(
+        self,
+        store: Store,
+        signatures: SignatureCache,
+        max_txs: int,
+        max_bytes: int,
+    ):
+        self.store = store
+        self.signatures = signatures
+        self.max_txs = max_txs
+        self.max_bytes = max_bytes
+        self._txs: OrderedDict[bytes, Transaction] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._txs)
+
+    def __contains__(self, tx_hash: bytes) -> bool:
+        return tx_hash in self._txs
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, tx_hash: bytes) -> Transaction | None:
+        return self._txs.get(tx_hash)
+
+    # --- admission ---
+
+    def decode(self, raw: bytes) -> Transaction:
+        """Decode and check everything but the signature (cheap, no state)."""
+        tx = decode_tx(raw)
+        if tx.chain_id != self.store.chain_id:
+            raise TxRejected(
+                Code.WRONG_CHAIN,
+                f"chain id {tx.chain_id!r} is not {self.store.chain_id!r}",
+            )
+        return tx
+
+    def admit(self, tx: Transaction, now_s: int) -> Admission:
+        """Admit a decoded transaction; raises TxRejected or MempoolFull.
+
+        The signature is checked here unless it was verified before (the cache);
+        callers that verify in a thread pool add to the cache first.
+        """
+        if tx.hash in self._txs:
+            return Admission(self._txs[tx.hash], added=False)
+        check_stateless(tx, self.store.chain_id, self.signatures)
+        check_expiry(tx, now_s)
+        if self.store.is_committed(tx.hash):
+            raise TxRejected(Code.DUPLICATE_TX, "transaction is already committed")
+        if len(self._txs) >= self.max_txs or self._bytes + len(tx.raw) > self.max_bytes:
+            raise MempoolFull(
+                f"mempool holds {len(self._txs)} transactions, {self._bytes} bytes"
+            )
+
+        self._txs[tx.hash] = tx
+        self._bytes += len(tx.raw)
+        return Admission(tx, added=True)
+
+    # --- block production ---
+
+    def reap(self, max_txs: int) -> list[Transaction]:
+        """The oldest `max_txs` waiting transactions, left in the pool until commit."""
+        out = []
+        for tx in self._txs.values():
+            if len(out) >= max_txs:
+                break
+            out.append(tx)
+        return out
+
+    def update(self, committed: list[Transaction], now_s: int) -> int:
+        """Drop committed and expired transactions; return how many expired."""
+        for tx in committed:
+            self._remove(tx.hash)
+        expired = [
+            h for h, tx in self._txs.items() if tx.expires_at <= now_s
+        ]
+        for tx_hash in expired:
+            self._remove(tx_hash)
+        if expired:
+            log.info("mempool expired dropped=%d remaining=%d", len(expired), len(self))
+        return len(expired)
+
+    def remove(self, tx_hash: bytes) -> None:
+        self._remove(tx_hash)
+
+    def _remove(self, tx_hash: bytes) -> None:
+        tx = self._txs.pop(tx_hash, None)
+        if tx is not None:
+            self._bytes -= len(tx.raw)

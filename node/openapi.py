@@ -1,0 +1,663 @@
+"""The OpenAPI 3.1 description of the node's HTTP API, served at /v1/openapi.json.
+
+Client authors generate code and check their requests against this document,
+so it states every route, parameter, request body and response the API
+(node.api) has, with the schema of each document (node.views) and of the
+problem documents errors come as. A test fails when a route is served but not
+described here.
+
+Conventions the schemas rely on: hashes, signatures, raw transactions and
+certificates are lowercase hex; keys are bech32 `perk1...` addresses; amounts
+are integers (coins, or minor units of currency for purchases). A msgpack
+response (Accept: application/msgpack) is the same document as the JSON one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from state.codes import Code
+
+BECH32_CHARS = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+
+# The `code` of a problem document: stable, machine-readable, never renamed.
+# Each with the HTTP status it comes with.
+API_CODES: dict[str, tuple[int, str]] = {
+    "invalid_json": (400, "the body is not JSON (syntax, NaN, Infinity)"),
+    "duplicate_key": (400, "a JSON object names the same key twice"),
+    "too_deep": (400, "JSON nests deeper than 32 levels"),
+    "invalid_utf8": (400, "the JSON body is not UTF-8"),
+    "empty_body": (400, "the body is empty"),
+    "invalid_body": (400, "the body is not the documented shape"),
+    "unknown_field": (400, "the body has a field this API does not know"),
+    "invalid_hex": (400, "a hex field is not an even number of hex digits"),
+    "invalid_parameter": (400, "a query parameter is unknown, repeated or invalid"),
+    "invalid_address": (400, "a path address is not a perk1 address"),
+    "invalid_height": (400, "a path height is not a whole number >= 1"),
+    "invalid_hash": (400, "a path hash is not 64 hex digits"),
+    "invalid_cursor": (400, "a history cursor was not issued for this account"),
+    "origin_not_allowed": (403, "a CORS preflight from an origin not configured"),
+    "not_found": (404, "no such route"),
+    "unknown_transaction": (404, "no transaction with this hash is known"),
+    "unknown_block": (404, "no block at this height yet"),
+    "unknown_merchant": (404, "no merchant has this address (on reads)"),
+    "method_not_allowed": (405, "the route exists, not with this method"),
+    "body_too_large": (413, "the body is over api.max_body_bytes; it is not read"),
+    "batch_too_large": (413, "more transactions than api.max_batch"),
+    "unsupported_media_type": (415, "Content-Type is not JSON or msgpack"),
+    "expectation_failed": (417, "an Expect header other than 100-continue"),
+    "dropped": (422, "the transaction left the mempool uncommitted (expired)"),
+    "too_many_requests": (429, "too many requests in flight from this client"),
+    "internal_error": (500, "an unexpected failure; details are in the node log"),
+    "mempool_full": (503, "the mempool is full; retry after Retry-After seconds"),
+    "not_ready": (503, "the node is starting or stopping"),
+}
+# Reason codes of transactions (state.codes) by slug. Admission codes that are
+# not 422: a transaction that is not a transaction at all, or one already in.
+TX_STATUS = {
+    Code.MALFORMED: 400,
+    Code.UNSUPPORTED_VERSION: 400,
+    Code.UNKNOWN_KIND: 400,
+    Code.DUPLICATE_TX: 409,
+}
+TX_CODES: dict[Code, str] = {
+    Code.MALFORMED: "not a canonical transaction (`field` names the field)",
+    Code.WRONG_CHAIN: "signed for another chain id",
+    Code.BAD_SIGNATURE: "the signature does not verify",
+    Code.EXPIRED: "expires_at is not after the latest block time",
+    Code.EXPIRY_TOO_FAR: "expires_at is more than an hour ahead",
+    Code.DUPLICATE_TX: "this transaction is already committed",
+    Code.UNSUPPORTED_VERSION: "a transaction version this node does not know",
+    Code.UNKNOWN_KIND: "a transaction kind this node does not know",
+    Code.UNAUTHORISED: "the signer may not do this",
+    Code.UNKNOWN_MERCHANT: "the merchant is not registered",
+    Code.MERCHANT_SUSPENDED: "the merchant is suspended",
+    Code.MERCHANT_EXISTS: "a merchant with this key exists",
+    Code.ACCOUNT_FROZEN: "the account is frozen",
+    Code.INSUFFICIENT_BALANCE: "not enough live coins",
+    Code.DUPLICATE_ORDER: "this merchant already awarded this order",
+    Code.AMOUNT_OUT_OF_RANGE: "amount, rate or daily_cap out of range (`field`)",
+    Code.DAILY_CAP_EXCEEDED: "over the merchant's daily issuance cap",
+    Code.TRANSFERS_DISABLED: "the program does not allow transfers",
+    Code.INVALID_RECIPIENT: "awarding or sending to oneself",
+    Code.BALANCE_LIMIT: "the recipient's balance would be too large",
+}
+
+
+def status_of(code: str | Code) -> int:
+    """The HTTP status a problem with this code comes with."""
+    if isinstance(code, Code):
+        return TX_STATUS.get(code, 422)
+    return API_CODES[code][0]
+
+
+def codes_description() -> str:
+    api = "; ".join(f"`{c}` {s}: {d}" for c, (s, d) in API_CODES.items())
+    tx = "; ".join(f"`{c.slug}` {status_of(c)}: {d}" for c, d in TX_CODES.items())
+    return (
+        f"Stable machine-readable code. API codes: {api}. Transaction codes "
+        f"(state.codes; refusals by the ledger come when waiting): {tx}."
+    )
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(
+    properties: dict[str, Any], required: list[str] | None = None, **more: Any
+) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties}
+    schema["required"] = list(properties) if required is None else required
+    schema.update(more)
+    return schema
+
+
+INT = {"type": "integer"}
+UINT = {"type": "integer", "minimum": 0}
+STR = {"type": "string"}
+BOOL = {"type": "boolean"}
+
+
+def schemas(max_batch: int) -> dict[str, Any]:
+    hex32 = ref("Hash")
+    return {
+        "Hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "Hex": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
+        "Address": {
+            "type": "string",
+            "pattern": f"^perk1[{BECH32_CHARS}]{{58}}$",
+            "description": "A bech32 address: the text form of a 32-byte key.",
+        },
+        "Problem": obj(
+            {
+                "type": {"type": "string", "format": "uri"},
+                "title": STR,
+                "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                "code": {"type": "string", "description": codes_description()},
+                "detail": STR,
+                "hash": hex32,
+                "height": UINT,
+                "index": UINT,
+                "field": {"type": "string", "description": "The field at fault."},
+                "parameter": STR,
+                "limit": UINT,
+            },
+            ["type", "title", "status", "code", "detail"],
+            description="An RFC 9457 problem document (application/problem+json).",
+        ),
+        "Status": obj(
+            {
+                "chain_id": STR,
+                "node": STR,
+                "kind": {"enum": ["validator", "auditor"]},
+                "height": UINT,
+                "latest_block_hash": hex32,
+                "latest_block_time_ms": UINT,
+                "state_root": hex32,
+                "genesis_hash": hex32,
+                "peers": UINT,
+                "mempool_txs": UINT,
+                "mempool_bytes": UINT,
+                "syncing": BOOL,
+            }
+        ),
+        "SubmitRequest": obj(
+            {"tx": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"}},
+            additionalProperties=False,
+            description="The canonical signed transaction bytes, in hex.",
+        ),
+        "BatchRequest": obj(
+            {
+                "txs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": max_batch,
+                    "items": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"},
+                }
+            },
+            additionalProperties=False,
+        ),
+        "Pending": obj({"hash": hex32, "status": {"const": "pending"}}),
+        "Committed": obj(
+            {
+                "hash": hex32,
+                "status": {"const": "committed"},
+                "height": UINT,
+                "index": UINT,
+                "receipt": ref("Receipt"),
+            }
+        ),
+        "BatchResult": obj(
+            {
+                "accepted": UINT,
+                "results": {
+                    "type": "array",
+                    "items": {"oneOf": [ref("Pending"), ref("Problem")]},
+                    "description": "One per submitted transaction, in order.",
+                },
+            }
+        ),
+        "Event": obj({"event": STR, "account": ref("Address"), "delta": INT}),
+        "Receipt": obj(
+            {
+                "code": STR,
+                "code_number": UINT,
+                "events": {"type": "array", "items": ref("Event")},
+            }
+        ),
+        "Transaction": obj(
+            {
+                "hash": hex32,
+                "kind": {
+                    "enum": [
+                        "register_merchant",
+                        "update_merchant",
+                        "set_account_frozen",
+                        "award_purchase",
+                        "redeem",
+                        "transfer",
+                    ]
+                },
+                "version": UINT,
+                "chain_id": STR,
+                "signer": ref("Address"),
+                "expires_at": UINT,
+                "payload": {
+                    "type": "object",
+                    "description": "The kind's fields by name; keys as addresses.",
+                },
+                "signature": ref("Hex"),
+                "raw": ref("Hex"),
+            }
+        ),
+        "TransactionStatus": obj(
+            {
+                "hash": hex32,
+                "status": {"enum": ["pending", "committed", "rejected"]},
+                "height": UINT,
+                "index": UINT,
+                "receipt": ref("Receipt"),
+                "code": STR,
+                "detail": STR,
+                "tx": ref("Transaction"),
+            },
+            ["hash", "status"],
+        ),
+        "Header": obj(
+            {
+                "version": UINT,
+                "chain_id": STR,
+                "height": UINT,
+                "time_ms": UINT,
+                "parent_hash": hex32,
+                "tx_root": hex32,
+                "state_root": hex32,
+                "results_root": hex32,
+                "validators_hash": hex32,
+                "proposer": ref("Address"),
+            }
+        ),
+        "BlockTransaction": {
+            "allOf": [
+                ref("Transaction"),
+                obj({"index": UINT, "receipt": ref("Receipt")}),
+            ]
+        },
+        "Block": obj(
+            {
+                "height": UINT,
+                "hash": hex32,
+                "header": ref("Header"),
+                "tx_count": UINT,
+                "txs": {"type": "array", "items": ref("BlockTransaction")},
+                "commit": ref("Hex"),
+            }
+        ),
+        "Lot": obj(
+            {
+                "amount": UINT,
+                "expires_at": {"type": "integer", "description": "0: never"},
+                "issuer": ref("Address"),
+                "earned_at": UINT,
+                "live": BOOL,
+            }
+        ),
+        "HistoryItem": obj(
+            {
+                "height": UINT,
+                "index": UINT,
+                "hash": hex32,
+                "event": STR,
+                "delta": INT,
+            }
+        ),
+        "Account": obj(
+            {
+                "address": ref("Address"),
+                "balance": UINT,
+                "as_of": {"type": "integer", "description": "Latest block time, s."},
+                "frozen": BOOL,
+                "debt": UINT,
+                "lots": {"type": "array", "items": ref("Lot")},
+                "history": {"type": "array", "items": ref("HistoryItem")},
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "description": "Pass as `cursor` for older history; null at "
+                    "the end.",
+                },
+            }
+        ),
+        "Merchant": obj(
+            {
+                "address": ref("Address"),
+                "name": STR,
+                "rate": UINT,
+                "daily_cap": UINT,
+                "active": BOOL,
+                "issued": UINT,
+                "redeemed": UINT,
+                "day": UINT,
+                "issued_on_day": UINT,
+                "today": INT,
+                "issued_today": UINT,
+            }
+        ),
+        "Validators": obj(
+            {
+                "height": UINT,
+                "validators_hash": hex32,
+                "validators": {
+                    "type": "array",
+                    "items": obj({"name": STR, "address": ref("Address")}),
+                },
+            }
+        ),
+        "BlockEvent": obj(
+            {"height": UINT, "hash": hex32, "time_ms": UINT, "txs": UINT},
+            description="Data of an `event: block` server-sent event.",
+        ),
+        "AccountEvent": {
+            "allOf": [ref("HistoryItem"), obj({"time_ms": UINT})],
+            "description": "Data of an `event: account` server-sent event.",
+        },
+        "Health": obj({"status": {"const": "ok"}}),
+        "Ready": obj({"status": {"const": "ready"}, "height": UINT}),
+    }
+
+
+def content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "application/json": {"schema": schema},
+        "application/msgpack": {"schema": schema},
+    }
+
+
+def ok(description: str, schema_name: str) -> dict[str, Any]:
+    return {"description": description, "content": content(ref(schema_name))}
+
+
+def problem(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+PROBLEM_RESPONSES = {
+    "BadRequest": "Malformed body, parameter or transaction",
+    "Forbidden": "CORS preflight from an origin that is not allowed",
+    "NotFound": "Unknown route or resource",
+    "MethodNotAllowed": "The route does not take this method",
+    "Conflict": "The transaction is already committed (duplicate_tx)",
+    "PayloadTooLarge": "The body or batch is over its limit",
+    "UnsupportedMediaType": "Content-Type is neither JSON nor msgpack",
+    "Unprocessable": "Well formed, but refused (signature, chain, expiry, range, "
+    "or by the ledger when waiting)",
+    "TooManyRequests": "Too many requests in flight from this client",
+    "InternalError": "Unexpected failure (logged); no internals are shown",
+    "Unavailable": "Mempool full or node not ready; see Retry-After",
+}
+_STATUS_OF = {
+    "BadRequest": "400",
+    "Forbidden": "403",
+    "NotFound": "404",
+    "MethodNotAllowed": "405",
+    "Conflict": "409",
+    "PayloadTooLarge": "413",
+    "UnsupportedMediaType": "415",
+    "Unprocessable": "422",
+    "TooManyRequests": "429",
+    "InternalError": "500",
+    "Unavailable": "503",
+}
+
+
+def responses(main: dict[str, Any], *errors: str) -> dict[str, Any]:
+    out = dict(main)
+    for name in (*errors, "MethodNotAllowed", "TooManyRequests", "InternalError"):
+        out[_STATUS_OF[name]] = problem(name)
+    return out
+
+
+def param(
+    name: str, where: str, schema: dict[str, Any], description: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "schema": schema,
+        "description": description,
+    }
+
+
+ADDRESS = param("address", "path", ref("Address"), "A perk1 address.")
+
+
+def operation(
+    operation_id: str,
+    summary: str,
+    response: dict[str, Any],
+    parameters: list[dict[str, Any]] | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    op = {
+        "operationId": operation_id,
+        "summary": summary,
+        "parameters": parameters or [],
+        "responses": response,
+    }
+    op.update(more)
+    return op
+
+
+def paths(max_batch: int, max_body: int) -> dict[str, Any]:
+    tx_body = {
+        "required": True,
+        "description": f"At most {max_body} bytes. The transaction as hex in "
+        "JSON, or its raw canonical bytes with Content-Type application/msgpack.",
+        "content": {
+            "application/json": {"schema": ref("SubmitRequest")},
+            "application/msgpack": {
+                "schema": {"type": "string", "contentMediaType": "application/msgpack"}
+            },
+        },
+    }
+    batch_body = {
+        "required": True,
+        "description": f"1..{max_batch} transactions: hex strings in JSON, or a "
+        "msgpack array of bin (each the raw transaction).",
+        "content": {
+            "application/json": {"schema": ref("BatchRequest")},
+            "application/msgpack": {
+                "schema": {"type": "string", "contentMediaType": "application/msgpack"}
+            },
+        },
+    }
+    sse = {
+        "description": "A text/event-stream: comment lines every ~15 s keep it "
+        "open; `event: end` with a reason when the node ends it.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+    hash_param = param("hash", "path", ref("Hash"), "Transaction hash (SHA-256).")
+    return {
+        "/v1/status": {
+            "get": operation(
+                "status",
+                "The node's view of the chain",
+                responses(ok("Status", "Status")),
+            )
+        },
+        "/v1/transactions": {
+            "post": operation(
+                "submit_transaction",
+                "Submit one signed transaction",
+                responses(
+                    {
+                        "200": ok("Committed with code ok (wait=true)", "Committed"),
+                        "202": ok(
+                            "Admitted to the mempool, or still pending when the "
+                            "wait timed out. Resubmitting pending bytes is "
+                            "idempotent: 202 with the same hash.",
+                            "Pending",
+                        ),
+                    },
+                    "BadRequest",
+                    "Conflict",
+                    "PayloadTooLarge",
+                    "UnsupportedMediaType",
+                    "Unprocessable",
+                    "Unavailable",
+                ),
+                [
+                    param(
+                        "wait",
+                        "query",
+                        {"type": "string", "enum": ["true", "false"]},
+                        "Wait until the transaction is committed (or timeout).",
+                    ),
+                    param(
+                        "timeout",
+                        "query",
+                        {"type": "string", "pattern": r"^[0-9]{1,6}(\.[0-9]{1,3})?$"},
+                        "Seconds to wait; capped by api.max_wait_s (the default).",
+                    ),
+                ],
+                requestBody=tx_body,
+            )
+        },
+        "/v1/transactions/batch": {
+            "post": operation(
+                "submit_batch",
+                "Submit many signed transactions",
+                responses(
+                    {"200": ok("One result per transaction, in order", "BatchResult")},
+                    "BadRequest",
+                    "PayloadTooLarge",
+                    "UnsupportedMediaType",
+                ),
+                requestBody=batch_body,
+                description="Each result is `{hash, status: pending}` or the "
+                "problem document that refused that transaction, with the HTTP "
+                "status it would have had alone. Retry-After is set when any "
+                "was refused for a full mempool.",
+            )
+        },
+        "/v1/transactions/{hash}": {
+            "get": operation(
+                "transaction",
+                "Where a transaction stands",
+                responses(
+                    {"200": ok("Pending, committed or rejected", "TransactionStatus")},
+                    "BadRequest",
+                    "NotFound",
+                ),
+                [hash_param],
+            )
+        },
+        "/v1/blocks/latest": {
+            "get": operation(
+                "latest_block",
+                "The latest block with transactions, receipts and certificate",
+                responses(ok("The block", "Block"), "NotFound"),
+            )
+        },
+        "/v1/blocks/{height}": {
+            "get": operation(
+                "block_at_height",
+                "A block by height",
+                responses(ok("The block", "Block"), "BadRequest", "NotFound"),
+                [param("height", "path", {"type": "string"}, "1, 2, ...")],
+            )
+        },
+        "/v1/accounts/{address}": {
+            "get": operation(
+                "account",
+                "An account's balance, lots and history (newest first)",
+                responses(ok("The account", "Account"), "BadRequest"),
+                [
+                    ADDRESS,
+                    param(
+                        "limit",
+                        "query",
+                        {"type": "string", "pattern": "^[0-9]{1,6}$"},
+                        "History items per page, 1..200 (default 50).",
+                    ),
+                    param(
+                        "cursor",
+                        "query",
+                        ref("Hex"),
+                        "next_cursor of the previous page (opaque).",
+                    ),
+                ],
+            )
+        },
+        "/v1/merchants/{address}": {
+            "get": operation(
+                "merchant",
+                "A merchant's terms and counters",
+                responses(ok("The merchant", "Merchant"), "BadRequest", "NotFound"),
+                [ADDRESS],
+            )
+        },
+        "/v1/validators": {
+            "get": operation(
+                "validators",
+                "The validator set",
+                responses(ok("Validators", "Validators")),
+            )
+        },
+        "/v1/stream/blocks": {
+            "get": operation(
+                "block_stream",
+                "Server-sent events: `event: block`, data BlockEvent, per block",
+                responses({"200": sse}),
+            )
+        },
+        "/v1/stream/accounts/{address}": {
+            "get": operation(
+                "account_stream",
+                "Server-sent events: `event: account`, data AccountEvent",
+                responses({"200": sse}, "BadRequest"),
+                [ADDRESS],
+            )
+        },
+        "/v1/openapi.json": {
+            "get": operation(
+                "openapi_document",
+                "This document",
+                responses(
+                    {
+                        "200": {
+                            "description": "OpenAPI 3.1",
+                            "content": content({"type": "object"}),
+                        }
+                    }
+                ),
+            )
+        },
+        "/metrics": {
+            "get": operation(
+                "metrics",
+                "Prometheus metrics",
+                responses(
+                    {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    }
+                ),
+            )
+        },
+        "/healthz": {
+            "get": operation(
+                "health", "The process is alive", responses(ok("Alive", "Health"))
+            )
+        },
+        "/readyz": {
+            "get": operation(
+                "readiness",
+                "The store is open and the node started",
+                responses(ok("Ready", "Ready"), "Unavailable"),
+            )
+        },
+    }
+
+
+def build_document(max_batch: int = 2000, max_body: int = 4 << 20) -> dict[str, Any]:
+    problem_content = {"application/problem+json": {"schema": ref("Problem")}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "perkchain node API",
+            "version": "1.0.0",
+            "description": __doc__,
+        },
+        "paths": paths(max_batch, max_body),
+        "components": {
+            "schemas": schemas(max_batch),
+            "responses": {
+                name: {"description": description, "content": problem_content}
+                for name, description in PROBLEM_RESPONSES.items()
+            },
+        },
+    }

@@ -1,0 +1,203 @@
+"""How a node uses the peer network: message types and their handlers.
+
+    1 txs        newly admitted transactions, [tx_bytes, ...]      broadcast
+    2 proposal   consensus proposal with its block                 broadcast
+    3 vote       consensus prevote or precommit                    broadcast
+    4 commit     commit certificate with its block                 broadcast
+    5 status     [height, block_hash] every few seconds            broadcast
+    6 blocks     block sync request / response                     request
+
+Transactions are gossiped once, by the node that admitted them from a client,
+to every peer; peers do not relay them again. In the full mesh of a
+permissioned network every node hears them directly, and a proposer that
+missed one will have it at a later height's proposer.
+
+The allowlist is the validator set (which follows on-chain changes) plus the
+observer keys in the node's configuration. Every peer must also be listed in
+`[[p2p.peers]]` with its certificate: the certificate is the TLS pin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from consensus.messages import encode_commit_message
+from consensus.sync import STATUS_INTERVAL_S, BlockSync, encode_status, serve_blocks
+from p2p.errors import PeerUnavailable
+from p2p.identity import NodeIdentity
+from p2p.network import Network
+from p2p.peers import PeerAddress
+from state.address import parse_address
+from state.codec import DecodeError, decode, encode
+
+log = logging.getLogger("node.peering")
+
+MSG_TXS = 1
+MSG_PROPOSAL = 2
+MSG_VOTE = 3
+MSG_COMMIT = 4
+MSG_STATUS = 5
+MSG_BLOCKS = 6
+
+CONSENSUS_TYPES = {MSG_PROPOSAL: "proposal", MSG_VOTE: "vote", MSG_COMMIT: "commit"}
+CONSENSUS_CODES = {name: code for code, name in CONSENSUS_TYPES.items()}
+MAX_GOSSIP_TXS = 4096
+# Points against a peer that relays a message that fails verification.
+INVALID_MESSAGE_PENALTY = 5
+
+
+def load_peers(config) -> list[PeerAddress]:
+    peers = []
+    for entry in config.p2p.peers:
+        cert_path = Path(entry.cert)
+        if not cert_path.is_absolute():
+            cert_path = config.home / cert_path
+        peers.append(
+            PeerAddress(
+                parse_address(entry.key),
+                entry.host or None,
+                entry.port or None,
+                cert_path.read_text(),
+            )
+        )
+    return peers
+
+
+class Peering:
+    """The node's side of the peer network: gossip, consensus traffic, sync."""
+
+    def __init__(self, node, identity: NodeIdentity):
+        self.node = node
+        config = node.config
+        self.observers = {parse_address(k) for k in config.p2p.observers}
+        self.network = Network(
+            identity,
+            config.p2p.host,
+            config.p2p.port,
+            load_peers(config),
+            self.is_allowed,
+            max_frame=config.p2p.max_frame_bytes,
+        )
+        self.sync = BlockSync(
+            node.chain_id,
+            node.app,
+            self.request_blocks,
+            self.network.connected_peers,
+            self.apply_commit,
+            self.penalize,
+        )
+        self.network.register_handler(MSG_TXS, self.on_txs)
+        for code, name in CONSENSUS_TYPES.items():
+            self.network.register_handler(code, self.consensus_handler(name))
+        self.network.register_handler(MSG_STATUS, self.on_status)
+        self.network.register_request_handler(MSG_BLOCKS, self.on_blocks_request)
+        self._status_task: asyncio.Task | None = None
+
+    def is_allowed(self, key: bytes) -> bool:
+        return key in self.observers or key in self.node.app.validators(
+            self.node.store.height + 1
+        )
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        await self.network.start()
+        self.sync.start()
+        self._status_task = asyncio.create_task(self.announce_status_loop())
+        log.info("p2p listening port=%d", self.network.listen_port)
+
+    async def stop(self) -> None:
+        if self._status_task is not None:
+            self._status_task.cancel()
+            try:
+                await self._status_task
+            except asyncio.CancelledError:
+                pass
+        await self.sync.stop()
+        await self.network.stop()
+
+    # --- outbound ---
+
+    async def broadcast_consensus(self, msg_type: str, payload: bytes) -> None:
+        await self.network.broadcast(CONSENSUS_CODES[msg_type], payload)
+
+    async def gossip_txs(self, raws: list[bytes]) -> None:
+        for i in range(0, len(raws), MAX_GOSSIP_TXS):
+            await self.network.broadcast(MSG_TXS, encode(raws[i : i + MAX_GOSSIP_TXS]))
+
+    async def announce_status_loop(self) -> None:
+        while True:
+            self.announce_status()
+            await asyncio.sleep(STATUS_INTERVAL_S)
+
+    def announce_status(self) -> None:
+        store = self.node.store
+        body = encode_status(store.height, store.block_hash)
+        asyncio.ensure_future(self.network.broadcast(MSG_STATUS, body))
+
+    # --- inbound ---
+
+    async def on_txs(self, peer: bytes, body: bytes) -> None:
+        try:
+            raws = decode(body, self.node.config.p2p.max_frame_bytes)
+            if type(raws) is not list or not all(type(r) is bytes for r in raws):
+                raise DecodeError("expected an array of transactions")
+        except DecodeError as exc:
+            self.penalize(peer, f"bad tx gossip: {exc}")
+            return
+        await self.node.submit_batch(raws, gossip=False)
+
+    def consensus_handler(self, name: str):
+        async def handle(peer: bytes, body: bytes) -> None:
+            engine = self.node.engine
+            if engine is None:
+                return
+            reason = await engine.on_message(name, body, peer.hex()[:8])
+            if reason is not None:
+                self.penalize(peer, f"{name}: {reason}")
+
+        return handle
+
+    async def on_status(self, peer: bytes, body: bytes) -> None:
+        try:
+            self.sync.on_status(peer, body)
+        except DecodeError as exc:
+            self.penalize(peer, f"bad status: {exc}")
+
+    async def on_blocks_request(self, peer: bytes, body: bytes) -> bytes:
+        store = self.node.store
+        try:
+            return serve_blocks(body, store.block_bytes, store.commit_bytes)
+        except DecodeError as exc:
+            self.penalize(peer, f"bad block request: {exc}")
+            return encode([])
+
+    # --- sync plumbing ---
+
+    async def request_blocks(self, peer: bytes, body: bytes, timeout: float) -> bytes:
+        try:
+            return await self.network.request(peer, MSG_BLOCKS, body, timeout)
+        except PeerUnavailable as exc:
+            raise ConnectionError(str(exc)) from None
+
+    async def apply_commit(self, certificate, block, block_bytes: bytes) -> str | None:
+        """Apply a synced block: through the engine when it runs (it then moves
+        to the next height itself), else straight through the ledger app."""
+        engine = self.node.engine
+        if engine is not None and engine.status().running:
+            payload = encode_commit_message(certificate, block_bytes)
+            reason = await engine.on_message("commit", payload)
+            if reason is None and self.node.store.height < block.height:
+                reason = "engine did not commit the block"
+            return reason
+        app = self.node.app
+        reason = app.validate_block(block)
+        if reason is None:
+            app.commit_block(block, certificate)
+        return reason
+
+    def penalize(self, peer: bytes, reason: str) -> None:
+        log.warning("peer misbehaved peer=%s reason=%r", peer.hex()[:8], reason)
+        self.network.penalize(peer, INVALID_MESSAGE_PENALTY, reason)

@@ -1,0 +1,387 @@
+"""The node process: wires the store, mempool, consensus, network and HTTP API.
+
+`Node` is what `perk node run` starts. It is also what the HTTP handlers talk
+to: submissions go through `submit`/`submit_batch`, reads through `store` and
+`tx_status`, finality waits through `wait_final`.
+
+Start-up order: store (opening it recovers from any crash), mempool, ledger
+app, network, consensus, then the API, so nothing is served before the node
+can answer. Shutdown runs the other way and closes the database last, after
+the last block write has finished: a stop never leaves a partial block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from node.app import LedgerApp
+from node.config import Config
+from node.events import EventBus
+from node.mempool import Admission, Mempool, MempoolFull
+from node.metrics import Metrics
+from state.block import Receipt, decode_receipts
+from state.codes import Code
+from state.execute import Executor
+from state.genesis import Genesis
+from state.store import Store
+from state.tx import SignatureCache, Transaction, TxRejected
+
+log = logging.getLogger("node")
+
+# Signature checks of a batch run in this many threads; libsodium releases the
+# GIL, so two threads use both cores of a small machine.
+VERIFY_THREADS = 2
+VERIFY_CHUNK = 256
+# A validator without a signer record listens this long for its peers' tips,
+# and waits at most this long to sync to them, before it joins consensus.
+DISCOVERY_S = 3.0
+SYNC_BEFORE_SIGNING_S = 120.0
+# Recently refused transactions are remembered so `GET /v1/transactions/{hash}`
+# can say why; bounded, oldest forgotten first.
+MAX_REMEMBERED_REJECTIONS = 10_000
+
+
+@dataclass(frozen=True)
+class TxStatus:
+    """Where a transaction stands, as `GET /v1/transactions/{hash}` reports it."""
+
+    status: str  # "pending" | "committed" | "rejected"
+    tx: Transaction | None = None
+    height: int | None = None
+    index: int | None = None
+    receipt: Receipt | None = None
+    code: Code | None = None
+    detail: str = ""
+
+
+class Node:
+    def __init__(
+        self,
+        config: Config,
+        genesis: Genesis,
+        seed: bytes | None,
+        manual_blocks: bool = False,
+    ):
+        # manual_blocks: start neither network nor consensus; blocks are made by
+        # calling app.propose_block and app.commit_block (API unit tests).
+        self.manual_blocks = manual_blocks
+        self.config = config
+        self.genesis = genesis
+        self.seed = seed
+        self.metrics = Metrics()
+        self.events = EventBus()
+        self.signatures = SignatureCache()
+        self.store: Store | None = None
+        self.mempool: Mempool | None = None
+        self.app: LedgerApp | None = None
+        self.engine = None
+        self.network = None
+        self.peering = None
+        self.api_runner = None
+        self.api_port: int | None = None
+        self.started = False
+        self._verify_pool = ThreadPoolExecutor(VERIFY_THREADS, "verify")
+        self._rejections: dict[bytes, tuple[Code, str]] = {}
+
+    @property
+    def kind(self) -> str:
+        return self.config.node.kind
+
+    @property
+    def chain_id(self) -> str:
+        return self.genesis.chain_id
+
+    def clock(self) -> int:
+        """The node's clock in milliseconds (wall clock for now)."""
+        import time
+
+        return time.time_ns() // 1_000_000
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        config = self.config
+        self.store = Store(config.data_dir, self.genesis)
+        self.mempool = Mempool(
+            self.store,
+            self.signatures,
+            config.mempool.max_txs,
+            config.mempool.max_bytes,
+        )
+        executor = Executor(self.store, self.signatures)
+        self.app = LedgerApp(
+            self.store,
+            executor,
+            self.mempool,
+            self.events,
+            self.clock,
+            config.mempool.max_block_txs,
+            self.metrics,
+        )
+        self.metrics.height.set(self.store.height)
+        log.info(
+            "node starting name=%s kind=%s chain=%s height=%d root=%s",
+            config.node.name,
+            self.kind,
+            self.chain_id,
+            self.store.height,
+            self.store.state_root.hex()[:16],
+        )
+        if not self.manual_blocks:
+            await self.start_network()
+            await self.start_consensus()
+        await self.start_api()
+        self.started = True
+
+    async def stop(self) -> None:
+        log.info("node stopping name=%s", self.config.node.name)
+        if self.api_runner is not None:
+            await self.api_runner.cleanup()
+            self.api_runner = None
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
+        if self.peering is not None:
+            await self.peering.stop()
+            self.peering = None
+            self.network = None
+        self.events.close()
+        self._verify_pool.shutdown(wait=True)
+        if self.store is not None:
+            self.store.close()
+        self.started = False
+        log.info("node stopped name=%s", self.config.node.name)
+
+    async def start_api(self) -> None:
+        from aiohttp import web
+
+        from node.api import create_app
+
+        api = self.config.api
+        self.api_runner = web.AppRunner(
+            create_app(self), access_log=None, handle_signals=False
+        )
+        await self.api_runner.setup()
+        site = web.TCPSite(
+            self.api_runner, api.host, api.port, backlog=api.max_connections
+        )
+        await site.start()
+        self.api_port = self.api_runner.addresses[0][1]
+        log.info("api listening addr=%s:%d", api.host, self.api_port)
+
+    async def start_network(self) -> None:
+        """Peer links, gossip and block sync (a lone validator has no peers,
+        but still listens so that auditors can follow it)."""
+        from node.peering import Peering
+        from p2p.identity import NodeIdentity
+
+        self.peering = Peering(self, NodeIdentity(self.seed))
+        self.network = self.peering.network
+        self.app.on_sync_needed = self.peering.sync.request_sync
+        await self.peering.start()
+
+    async def start_consensus(self) -> None:
+        """The engine drives block production: propose, execute, commit.
+
+        A validator whose signer record is missing (a new key, or its data
+        wiped) first learns the network's tip from its peers and syncs to it,
+        and signs only from two heights above it: a wiped validator may have
+        signed at the tip's next height before it lost its record.
+        """
+        from consensus.engine import ConsensusEngine
+        from consensus.signer import SignerGuard
+        from consensus.timeouts import TimeoutConfig
+        from consensus.wal import WriteAheadLog
+
+        c = self.config.consensus
+        timeouts = TimeoutConfig(
+            propose_ms=c.timeout_propose_ms,
+            propose_delta_ms=c.timeout_delta_ms,
+            prevote_ms=c.timeout_prevote_ms,
+            prevote_delta_ms=c.timeout_delta_ms,
+            precommit_ms=c.timeout_precommit_ms,
+            precommit_delta_ms=c.timeout_delta_ms,
+            max_timeout_ms=c.timeout_cap_ms,
+            block_interval_ms=c.block_interval_ms,
+            heartbeat_ms=c.heartbeat_ms,
+            max_clock_drift_ms=c.max_clock_drift_ms,
+        )
+        self.config.consensus_dir.mkdir(parents=True, exist_ok=True)
+        signer = None
+        start_height = None
+        if self.kind == "validator":
+            signer = SignerGuard(self.config.consensus_dir / "signer.json", self.seed)
+            if signer.last is None:
+                start_height = await self.find_safe_start_height()
+        self.engine = ConsensusEngine(
+            self.chain_id,
+            self.app,
+            signer,
+            self.peering.broadcast_consensus,
+            timeouts,
+            WriteAheadLog(self.config.consensus_dir / "wal"),
+        )
+        await self.engine.start(start_height)
+
+    async def find_safe_start_height(self) -> int | None:
+        """The first height a validator without a signer record may sign."""
+        if len(self.app.validators(self.store.height + 1)) == 1:
+            return None  # alone: nobody else can have seen it sign anything
+        await asyncio.sleep(DISCOVERY_S)
+        tip = self.peering.sync.best_tip()
+        if tip == 0 and self.store.height == 0:
+            return None  # a new chain: nothing was signed yet
+        deadline = asyncio.get_running_loop().time() + SYNC_BEFORE_SIGNING_S
+        while self.store.height < tip:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        start = max(tip, self.store.height) + 2
+        log.info("signer record missing tip=%d sign_from=%d", tip, start)
+        return start
+
+    # --- submissions ---
+
+    async def submit(self, raw: bytes) -> Admission:
+        """Admit one transaction; raises TxRejected or MempoolFull."""
+        result = (await self.submit_batch([raw]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def submit_batch(
+        self, raws: list[bytes], gossip: bool = True
+    ) -> list[Admission | Exception]:
+        """Admit many transactions; each result is an Admission or the exception
+        that refused it (TxRejected or MempoolFull), in order."""
+        results: list[Admission | Exception | None] = [None] * len(raws)
+        decoded: list[tuple[int, Transaction]] = []
+        for i, raw in enumerate(raws):
+            try:
+                decoded.append((i, self.mempool.decode(raw)))
+            except TxRejected as exc:
+                results[i] = exc
+
+        # Verify signatures off the event loop, in parallel; the cache then holds
+        # every one that verified, and admission below only looks it up.
+        unverified = [tx for _, tx in decoded if tx.hash not in self.signatures]
+        if unverified:
+            loop = asyncio.get_running_loop()
+            chunks = [
+                unverified[i : i + VERIFY_CHUNK]
+                for i in range(0, len(unverified), VERIFY_CHUNK)
+            ]
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._verify_pool, self._verify, chunk)
+                    for chunk in chunks
+                )
+            )
+
+        now_s = self.clock() // 1000
+        added = []
+        for i, tx in decoded:
+            try:
+                admission = self.mempool.admit(tx, now_s)
+            except (TxRejected, MempoolFull) as exc:
+                results[i] = exc
+                self._remember_rejection(tx.hash, exc)
+                continue
+            results[i] = admission
+            if admission.added:
+                added.append(tx.raw)
+        self.metrics.mempool_txs.set(len(self.mempool))
+        self.metrics.mempool_bytes.set(self.mempool.size_bytes)
+        if added and gossip:
+            await self.gossip_txs(added)
+        return results  # type: ignore[return-value]
+
+    def _verify(self, txs: list[Transaction]) -> None:
+        for tx in txs:
+            self.signatures.verify(tx)
+
+    def _remember_rejection(self, tx_hash: bytes, exc: Exception) -> None:
+        if isinstance(exc, TxRejected):
+            self.metrics.txs_rejected.labels(exc.code.slug).inc()
+            if exc.code == Code.DUPLICATE_TX:
+                return  # the committed one answers for this hash
+            self._rejections[tx_hash] = (exc.code, exc.detail)
+            if len(self._rejections) > MAX_REMEMBERED_REJECTIONS:
+                self._rejections.pop(next(iter(self._rejections)))
+        else:
+            self.metrics.txs_rejected.labels("mempool_full").inc()
+
+    async def gossip_txs(self, raws: list[bytes]) -> None:
+        """Send transactions admitted from clients to every peer."""
+        if self.peering is not None:
+            await self.peering.gossip_txs(raws)
+
+    # --- reads ---
+
+    def tx_status(self, tx_hash: bytes) -> TxStatus | None:
+        location = self.store.tx_location(tx_hash)
+        if location is not None:
+            height, index = location
+            receipts = decode_receipts(self.store.receipts_bytes(height))
+            from state.block import decode_block
+
+            block = decode_block(self.store.block_bytes(height))
+            tx = self.signatures.decode(block.txs[index])
+            return TxStatus(
+                "committed", tx, height, index, receipts[index], receipts[index].code
+            )
+        tx = self.mempool.get(tx_hash)
+        if tx is not None:
+            return TxStatus("pending", tx)
+        rejection = self._rejections.get(tx_hash)
+        if rejection is not None:
+            return TxStatus("rejected", None, code=rejection[0], detail=rejection[1])
+        return None
+
+    async def wait_final(self, tx_hash: bytes, timeout: float) -> TxStatus | None:
+        """Wait until tx_hash is committed or `timeout` passes; its status then."""
+        future = self.events.wait_for(tx_hash)
+        try:
+            status = self.tx_status(tx_hash)
+            if status is not None and status.status != "pending":
+                return status
+            try:
+                await asyncio.wait_for(asyncio.shield(future), timeout)
+            except TimeoutError:
+                pass
+            return self.tx_status(tx_hash)
+        finally:
+            self.events.forget(tx_hash, future)
+
+    def status(self) -> dict:
+        store = self.store
+        return {
+            "chain_id": self.chain_id,
+            "node": self.config.node.name,
+            "kind": self.kind,
+            "height": store.height,
+            "latest_block_hash": store.block_hash.hex(),
+            "latest_block_time_ms": store.time_ms,
+            "state_root": store.state_root.hex(),
+            "genesis_hash": store.genesis_hash.hex(),
+            "peers": self.peer_count(),
+            "mempool_txs": len(self.mempool),
+            "mempool_bytes": self.mempool.size_bytes,
+            "syncing": self.is_syncing(),
+            "consensus": None if self.engine is None else vars_of(self.engine.status()),
+        }
+
+    def peer_count(self) -> int:
+        return 0 if self.network is None else len(self.network.connected_peers())
+
+    def is_syncing(self) -> bool:
+        return self.peering is not None and self.peering.sync.syncing
+
+
+def vars_of(status) -> dict:
+    from dataclasses import asdict
+
+    return asdict(status)
