@@ -74,7 +74,12 @@ class CatchUp:
     # --- falling behind ---
 
     def seen_ahead(
-        self, validator: bytes, height: int, current: int, members: Collection[bytes], f: int
+        self,
+        validator: bytes,
+        height: int,
+        current: int,
+        members: Collection[bytes],
+        f: int,
     ) -> None:
         """`validator` signed a message at `height`, beyond the next one."""
         self._ahead[validator] = max(height, self._ahead.get(validator, 0))

@@ -14,9 +14,10 @@ are its CommitCertificate. A step that does not hear enough in time moves on
 to nil, and a round without a decision is followed by the next, with longer
 timeouts. Locks (see consensus.rounds) make two commits at one height
 impossible while at most f validators are faulty; the timeouts make progress
-certain once the network delivers messages in bounded time.
+certain once the network delivers messages in bounded time. The rules
+themselves are in consensus.rules; this module performs them.
 
-The engine runs on one asyncio event loop, and all of its state changes happen
+The engine runs on one asyncio event loop, and every state change happens
 synchronously inside one callback, so no two handlers ever interleave. It talks
 to peers only through `broadcast`, fed from an outbox, and to the ledger only
 through the Application (consensus.app). Every input of the current height is
@@ -28,11 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from consensus.app import Application
+from consensus.catchup import CatchUp
 from consensus.messages import (
     NIL,
     PRECOMMIT,
@@ -48,56 +50,38 @@ from consensus.messages import (
     encode_proposal_message,
     short,
 )
-from consensus.rounds import HeightState, Step
+from consensus.outbox import Broadcast, Faults, Outbox
+from consensus.rounds import HeightState, Status, Step
+from consensus.rules import (
+    Action,
+    Decide,
+    Polka,
+    Precommit,
+    Prevote,
+    SkipRound,
+    StartTimeout,
+    next_action,
+)
 from consensus.signer import DoubleSignRefused, SignerGuard
-from consensus.timeouts import TimeoutConfig
-from consensus.wal import Entry, WalRecord, WriteAheadLog, parse_timeout_body
-from consensus.wal import timeout_body as make_timeout_body
+from consensus.timeouts import TimeoutConfig, Timers
+from consensus.validity import block_problem, is_timely
+from consensus.wal import (
+    Entry,
+    WalRecord,
+    WriteAheadLog,
+    parse_timeout_body,
+    timeout_body,
+)
 from state.block import Block
-
-Broadcast = Callable[[str, bytes], Awaitable[None]]
 
 # Messages ahead of our round are kept only this far ahead, so a faulty
 # validator cannot make us store votes or blocks for unbounded rounds.
 MAX_VOTE_ROUNDS_AHEAD = 1000
 MAX_PROPOSAL_ROUNDS_AHEAD = 4
-# Messages for the next height wait in a bounded buffer until we get there.
-MAX_BUFFERED = 2048
-MAX_BUFFERED_BYTES = 16 << 20
-
-
-@dataclass
-class Faults:
-    """Test-only switches that make this engine misbehave on purpose.
-
-    All are off by default, and nothing outside the test suite sets them.
-    drop_outbound_*: sign and record as usual, but never send that message type.
-    halt_after_sign: stop dead, as if the process were killed, right after the
-    signer guard recorded a signature and before the message reaches the
-    write-ahead log or the network.
-    """
-
-    drop_outbound_votes: bool = False
-    drop_outbound_proposals: bool = False
-    drop_outbound_commits: bool = False
-    halt_after_sign: bool = False
-
-
-@dataclass(frozen=True)
-class Status:
-    height: int
-    round: int
-    step: str
-    locked_round: int
-    locked_hash: str
-    valid_round: int
-    valid_hash: str
-    signing: bool
-    running: bool
 
 
 class _Halted(Exception):
-    """Raised to unwind a handler after a halt_after_sign fault."""
+    """Unwinds a handler after the engine halted (a halt fault, a failed commit)."""
 
 
 class ConsensusEngine:
@@ -118,25 +102,24 @@ class ConsensusEngine:
         self.wal = wal
         self.log = logger or logging.getLogger("consensus")
         self.faults = Faults()
-        self._broadcast = broadcast
+        self._outbox = Outbox(broadcast, self.faults, self.log)
         self._me = signer.public_key if signer is not None else None
         self._state: HeightState | None = None
         self._running = False
         self._replaying = False
         self._sign_from = 0
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._outbox: asyncio.Queue[tuple[str, bytes]] | None = None
-        self._sender: asyncio.Task | None = None
+        self._timers = Timers()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_commit: tuple[int, bytes] | None = None
         self._last_commit_at: float | None = None
-        self._commit_resent_at = 0.0
-        self._future: dict[tuple, tuple[int, str, bytes]] = {}
-        self._future_bytes = 0
-        self._ahead: dict[bytes, int] = {}
-        self._sync_asked: tuple[int, float] = (0, 0.0)
         self._reported: set[tuple[bytes, int, int, int]] = set()
         self._validator_sets: dict[int, list[bytes]] = {}
+        self._catchup = CatchUp(
+            app,
+            self._now,
+            sync_retry_s=timeouts.max_timeout_ms / 1000,
+            resend_s=timeouts.rebroadcast_ms / 1000,
+            log=self.log,
+        )
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -144,7 +127,7 @@ class ConsensusEngine:
         """Run consensus from the height after the application's last block.
 
         `start_height` is the first height at which this node may sign; below
-        it the node only follows (it commits via certificates and quorums it
+        it the node only follows (it commits via certificates and the quorums it
         observes). Default: the next height. A node whose signer state was lost
         passes a height its old key cannot have reached.
         """
@@ -152,8 +135,7 @@ class ConsensusEngine:
             raise RuntimeError("the engine is already running")
         self._loop = asyncio.get_running_loop()
         self._running = True
-        self._outbox = asyncio.Queue()
-        self._sender = asyncio.create_task(self._send_loop())
+        self._outbox.start()
         height = self.app.last_height() + 1
         self._sign_from = height if start_height is None else start_height
         records = self.wal.open(height) if self.wal is not None else []
@@ -162,40 +144,22 @@ class ConsensusEngine:
         self._guarded(self._wait_for_start)
 
     async def stop(self) -> None:
-        """Cancel every timer and the sender; the engine can be discarded."""
+        """Cancel every timer and the sender; the engine can then be discarded."""
         self._halt()
-        sender, self._sender = self._sender, None
-        if sender is not None:
-            try:
-                await sender
-            except asyncio.CancelledError:
-                pass
+        await self._outbox.stop()
         if self.wal is not None:
             self.wal.close()
 
     def _halt(self) -> None:
         self._running = False
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        if self._sender is not None:
-            self._sender.cancel()
+        self._timers.cancel_all()
+        self._outbox.cancel()
 
     def status(self) -> Status:
-        s = self._state
-        if s is None:
+        """Where consensus stands, for the node's API and health checks."""
+        if self._state is None:
             return Status(0, 0, "stopped", -1, "", -1, "", False, False)
-        return Status(
-            height=s.height,
-            round=s.round,
-            step=s.step.name.lower(),
-            locked_round=s.locked_round,
-            locked_hash=s.locked_hash.hex(),
-            valid_round=s.valid_round,
-            valid_hash=s.valid_hash.hex(),
-            signing=s.signing,
-            running=self._running,
-        )
+        return self._state.status(self._running)
 
     # --- inbound ---------------------------------------------------------------------
 
@@ -204,18 +168,17 @@ class ConsensusEngine:
     ) -> str | None:
         """Handle one gossip message; return why it was refused, or None.
 
-        A returned reason means the message was malformed, wrongly signed or
-        otherwise invalid, and the caller may penalise the peer. Messages that
-        are merely stale or early return None.
+        A reason means the message was malformed, wrongly signed or otherwise
+        invalid, and the caller may penalise the peer that sent it. Messages
+        that are merely stale, early or repeated return None.
         """
         if not self._running:
             return None
-        handlers = {
+        handler = {
             "proposal": self.on_proposal,
             "vote": self.on_vote,
             "commit": self.on_commit,
-        }
-        handler = handlers.get(msg_type)
+        }.get(msg_type)
         if handler is None:
             return f"unknown message type {msg_type!r}"
         reason = self._guarded(self._handle, handler, payload)
@@ -236,7 +199,7 @@ class ConsensusEngine:
             return f"malformed proposal: {exc}"
         s = self._state
         if proposal.height < s.height:
-            self._resend_commit(proposal.height)
+            self._help_peer_behind(proposal.height)
             return None
         validators = self._validators(proposal.height)
         expected = validators[(proposal.height + proposal.round) % len(validators)]
@@ -248,20 +211,16 @@ class ConsensusEngine:
         except VerificationError as exc:
             return str(exc)
         if proposal.height > s.height:
-            return self._early(
-                ("p", proposal.round),
-                proposal.proposer,
-                proposal.height,
-                "proposal",
-                payload,
-            )
+            key = ("proposal", proposal.round)
+            self._early(proposal.height, proposal.proposer, key, "proposal", payload)
+            return None
         if proposal.round > s.round + MAX_PROPOSAL_ROUNDS_AHEAD:
             return None
         known = s.proposals.get(proposal.round)
         if known is not None:
             if known[0].block_hash == proposal.block_hash:
                 return None
-            return f"{proposal.describe()}: the proposer already proposed another block"
+            return f"{proposal.describe()}: the proposer proposed another block"
         self.log.debug("received %s", proposal.describe())
         self._record_input(Entry.PROPOSAL, payload)
         s.add_proposal(proposal, block)
@@ -275,7 +234,7 @@ class ConsensusEngine:
             return f"malformed vote: {exc}"
         s = self._state
         if vote.height < s.height:
-            self._resend_commit(vote.height)
+            self._help_peer_behind(vote.height)
             return None
         # Rule: a vote counts only if a validator of its height signed it.
         if vote.validator not in self._validators(vote.height):
@@ -285,8 +244,9 @@ class ConsensusEngine:
         except VerificationError as exc:
             return str(exc)
         if vote.height > s.height:
-            key = ("v", vote.vote_type, vote.round, vote.validator)
-            return self._early(key, vote.validator, vote.height, "vote", payload)
+            key = ("vote", vote.vote_type, vote.round, vote.validator)
+            self._early(vote.height, vote.validator, key, "vote", payload)
+            return None
         if vote.round > s.round + MAX_VOTE_ROUNDS_AHEAD:
             return None
         if s.has_vote(vote):
@@ -303,8 +263,8 @@ class ConsensusEngine:
         return None
 
     def on_commit(self, payload: bytes) -> str | None:
-        """A peer's commit certificate with its block: a node at that height
-        commits it without voting; a node further behind asks for sync."""
+        """A commit certificate with its block: a node at that height commits
+        it without voting; a node further behind asks for sync."""
         try:
             certificate, block = decode_commit_message(payload)
         except MalformedMessage as exc:
@@ -317,7 +277,7 @@ class ConsensusEngine:
         except VerificationError as exc:
             return f"commit h={certificate.height}: {exc}"
         if certificate.height > s.height:
-            self._request_sync(certificate.height)
+            self._catchup.request_sync(s.height, certificate.height)
             return None
         reason = self._block_reason(block)
         if reason is not None:
@@ -342,26 +302,27 @@ class ConsensusEngine:
     # --- timers ----------------------------------------------------------------------
 
     def _schedule(self, delay_ms: int, callback: Callable, *args: Any) -> None:
-        def fire() -> None:
-            self._timers.discard(handle)
-            if self._running:
-                self._guarded(callback, *args)
+        """Run callback(*args) later, unless the height changed meanwhile."""
+        height = self._state.height
+        fire = partial(self._guarded, self._on_timer, height, callback, args)
+        self._timers.call_later(delay_ms, fire)
 
-        handle = self._loop.call_later(delay_ms / 1000, fire)
-        self._timers.add(handle)
+    def _on_timer(self, height: int, callback: Callable, args: tuple) -> None:
+        self._catch_up_with_app()
+        if self._state.height == height:
+            callback(*args)
 
     def _schedule_timeout(self, step: Step, round: int) -> None:
         delay = self.timeouts.timeout_ms(step, round)
         self._schedule(delay, self.on_timeout, self._state.height, round, step)
 
     def on_timeout(self, height: int, round: int, step: Step) -> None:
-        self._catch_up_with_app()
         s = self._state
         if (height, round) != (s.height, s.round):
             return
         if step in (Step.PROPOSE, Step.PREVOTE) and s.step != step:
             return
-        self._record_input(Entry.TIMEOUT, make_timeout_body(round, step))
+        self._record_input(Entry.TIMEOUT, timeout_body(round, step))
         self._apply_timeout(round, step)
         self._advance()
 
@@ -372,155 +333,98 @@ class ConsensusEngine:
             # OnTimeoutPropose: no acceptable proposal in time, prevote nil.
             self.enter_prevote(NIL)
         elif step == Step.PREVOTE and s.step == Step.PREVOTE:
-            # OnTimeoutPrevote: 2f+1 prevotes but no quorum for one value.
+            # OnTimeoutPrevote: 2f+1 prevotes, but no quorum for one value.
             self.enter_precommit(NIL)
         elif step == Step.PRECOMMIT:
-            # OnTimeoutPrecommit: 2f+1 precommits but no decision this round.
+            # OnTimeoutPrecommit: 2f+1 precommits, but no decision this round.
             self.enter_propose(round + 1)
 
-    def _rebroadcast(self, height: int) -> None:
-        """Re-send own votes of the current round, for peers that missed them."""
-        self._catch_up_with_app()
+    def _rebroadcast(self) -> None:
+        """Re-send own votes of this round, and the prevotes that justify our
+        valid value, for peers that missed them (restarted, packets lost)."""
         s = self._state
-        if height != s.height:
-            return
         if s.signing and s.step != Step.NEW_HEIGHT:
             for vote_type in (PREVOTE, PRECOMMIT):
                 vote = s.votes(vote_type, s.round).votes.get(self._me)
                 if vote is not None:
                     self._send("vote", vote.encode())
-        self._schedule(self.timeouts.rebroadcast_ms, self._rebroadcast, s.height)
+        if 0 <= s.valid_round < s.round:
+            for vote in s.votes(PREVOTE, s.valid_round).for_block(s.valid_hash):
+                self._send("vote", vote.encode())
+        self._schedule(self.timeouts.rebroadcast_ms, self._rebroadcast)
 
     # --- starting a height -----------------------------------------------------------
 
     def _wait_for_start(self) -> None:
-        """Start round 0 once block_interval_ms passed since the last commit and
-        there is something to commit: pending transactions or a heartbeat due."""
-        s = self._state
-        if s.step != Step.NEW_HEIGHT:
+        """Start round 0 when TimeoutConfig.start_delay_ms says so."""
+        if self._state.step != Step.NEW_HEIGHT:
             return
-        t = self.timeouts
+        since_commit = None
         if self._last_commit_at is not None:
-            since_commit = (self._loop.time() - self._last_commit_at) * 1000
-            if since_commit < t.block_interval_ms:
-                wait = max(1, round(t.block_interval_ms - since_commit))
-                self._schedule(wait, self._wait_for_start)
-                return
+            since_commit = (self._now() - self._last_commit_at) * 1000
         since_block = self.app.now_ms() - self.app.last_block_time_ms()
-        if self.app.has_pending_txs() or since_block >= t.heartbeat_ms:
-            self.enter_propose(0)
-            self._advance()
+        pending = self.app.has_pending_txs()
+        delay = self.timeouts.start_delay_ms(since_commit, since_block, pending)
+        if delay > 0:
+            self._schedule(delay, self._wait_for_start)
             return
-        wait = max(1, min(t.idle_poll_ms, t.heartbeat_ms - since_block))
-        self._schedule(wait, self._wait_for_start)
+        self.enter_propose(0)
+        self._advance()
 
     def _join(self) -> None:
         """A valid proposal or vote for our height: join it at once."""
         if self._state.step == Step.NEW_HEIGHT:
             self.enter_propose(0)
 
-    # --- the rules of Algorithm 1 ----------------------------------------------------
+    # --- performing the rules --------------------------------------------------------
 
     def _advance(self) -> None:
-        """Apply the upon-rules until none fires."""
-        while self._running and self._apply_one_rule():
-            pass
+        """Perform the upon-rules of consensus.rules until none fires."""
+        while self._running:
+            action = next_action(self._state, self._valid, self._timely)
+            if action is None:
+                return
+            self._perform(action)
 
-    def _apply_one_rule(self) -> bool:
+    def _perform(self, action: Action) -> None:
         s = self._state
-        if s.step == Step.NEW_HEIGHT:
-            return False
-        r = s.round
-
-        # Upon PROPOSAL(h, r', v) and 2f+1 PRECOMMIT(h, r', id(v)), in any
-        # round r', with v valid: decide v.
-        for pr, (_, block) in sorted(s.proposals.items()):
-            if s.count(PRECOMMIT, pr, block.hash) >= s.quorum and self._valid(block):
-                votes = s.votes(PRECOMMIT, pr).for_block(block.hash)
+        match action:
+            case Decide(round=r, block=block):
+                votes = s.votes(PRECOMMIT, r).for_block(block.hash)
                 self.finalize_commit(block, CommitCertificate.from_votes(votes))
-                return True
-
-        entry = s.proposals.get(r)
-        if s.step == Step.PROPOSE and entry is not None:
-            proposal, block = entry
-            vr = proposal.pol_round
-            if vr == -1:
-                # Upon PROPOSAL(h, r, v, -1) while propose: prevote v if it is
-                # valid, timely and we are not locked on another block.
-                ok = (
-                    self._valid(block)
-                    and self._timely(block)
-                    and (s.locked_round == -1 or s.locked_hash == block.hash)
+            case Prevote(block_hash=block_hash):
+                self.enter_prevote(block_hash)
+            case Polka(round=r, block=block):
+                s.polka_seen.add(r)
+                if s.step == Step.PREVOTE:
+                    s.locked_round, s.locked_block = r, block
+                    self.enter_precommit(block.hash)
+                s.valid_round, s.valid_block = r, block
+            case Precommit(block_hash=block_hash):
+                self.enter_precommit(block_hash)
+            case StartTimeout(step=step, round=r):
+                flags = (
+                    s.prevote_timeout_set
+                    if step == Step.PREVOTE
+                    else s.precommit_timeout_set
                 )
-                self.enter_prevote(block.hash if ok else NIL)
-                return True
-            if s.count(PREVOTE, vr, block.hash) >= s.quorum:
-                # Upon PROPOSAL(h, r, v, vr) and 2f+1 PREVOTE(h, vr, id(v)),
-                # vr < r, while propose: prevote v if valid and our lock is no
-                # newer than vr (or is on v itself).
-                ok = self._valid(block) and (
-                    s.locked_round <= vr or s.locked_hash == block.hash
+                flags.add(r)
+                self._schedule_timeout(step, r)
+            case SkipRound(round=r):
+                self.log.debug(
+                    "round skip height=%d from=%d to=%d", s.height, s.round, r
                 )
-                self.enter_prevote(block.hash if ok else NIL)
-                return True
-
-        if (
-            entry is not None
-            and s.step >= Step.PREVOTE
-            and r not in s.polka_seen
-            and s.count(PREVOTE, r, entry[1].hash) >= s.quorum
-            and self._valid(entry[1])
-        ):
-            # Upon PROPOSAL(h, r, v) and 2f+1 PREVOTE(h, r, id(v)), v valid,
-            # step >= prevote, first time: lock and precommit v if still in
-            # prevote; either way v becomes the valid value.
-            block = entry[1]
-            s.polka_seen.add(r)
-            if s.step == Step.PREVOTE:
-                s.locked_round, s.locked_block = r, block
-                self.enter_precommit(block.hash)
-            s.valid_round, s.valid_block = r, block
-            return True
-
-        if s.step == Step.PREVOTE and s.count(PREVOTE, r, NIL) >= s.quorum:
-            # Upon 2f+1 PREVOTE(h, r, nil) while prevote: precommit nil.
-            self.enter_precommit(NIL)
-            return True
-
-        if (
-            s.step == Step.PREVOTE
-            and r not in s.prevote_timeout_set
-            and s.count(PREVOTE, r, None) >= s.quorum
-        ):
-            # Upon 2f+1 PREVOTE(h, r, *) while prevote, first time: start
-            # timeoutPrevote.
-            s.prevote_timeout_set.add(r)
-            self._schedule_timeout(Step.PREVOTE, r)
-            return True
-
-        if r not in s.precommit_timeout_set and s.count(PRECOMMIT, r, None) >= s.quorum:
-            # Upon 2f+1 PRECOMMIT(h, r, *), first time: start timeoutPrecommit.
-            s.precommit_timeout_set.add(r)
-            self._schedule_timeout(Step.PRECOMMIT, r)
-            return True
-
-        target = s.skip_target()
-        if target is not None:
-            # Upon f+1 messages of a round above ours: at least one honest
-            # validator is there, so go to that round now.
-            self.log.debug("round skip height=%d from=%d to=%d", s.height, r, target)
-            self.enter_propose(target)
-            return True
-        return False
-
-    # --- steps -----------------------------------------------------------------------
+                self.enter_propose(r)
 
     def enter_propose(self, round: int) -> None:
         """StartRound(round): the proposer proposes; everyone starts
-        timeoutPropose (it only acts while still in the propose step)."""
+        timeoutPropose (it acts only if still in the propose step)."""
         s = self._state
+        first = s.step == Step.NEW_HEIGHT
         s.round, s.step = round, Step.PROPOSE
-        s.joined_at = s.joined_at or self._loop.time()
+        if first:
+            s.joined_at = self._now()
+            self._schedule(self.timeouts.rebroadcast_ms, self._rebroadcast)
         proposer = s.proposer(round)
         self.log.debug(
             "enter propose height=%d round=%d proposer=%s",
@@ -531,8 +435,6 @@ class ConsensusEngine:
         if s.signing and proposer == self._me:
             self._propose(round)
         self._schedule_timeout(Step.PROPOSE, round)
-        if round == 0:
-            self._schedule(self.timeouts.rebroadcast_ms, self._rebroadcast, s.height)
 
     def _propose(self, round: int) -> None:
         s = self._state
@@ -580,7 +482,8 @@ class ConsensusEngine:
         self._cast(PRECOMMIT, block_hash)
 
     def _cast(self, vote_type: int, block_hash: bytes) -> None:
-        """Sign, record, count and send our vote for the current round."""
+        """Sign, record, count and send our vote of the current round. A vote
+        restored from the write-ahead log is sent as it was, never re-signed."""
         s = self._state
         if not s.signing:
             return
@@ -613,8 +516,7 @@ class ConsensusEngine:
     def finalize_commit(
         self, block: Block, certificate: CommitCertificate, announce: bool = True
     ) -> None:
-        """Commit `block` with `certificate`, announce it, and move to the next
-        height."""
+        """Commit `block` with `certificate`, announce it, go to the next height."""
         s = self._state
         try:
             self.app.commit_block(block, certificate)
@@ -622,7 +524,7 @@ class ConsensusEngine:
             self.log.exception("commit_block failed height=%d; halting", s.height)
             self._halt()
             raise _Halted from None
-        now = self._loop.time()
+        now = self._now()
         self.log.info(
             "committed height=%d round=%d hash=%s txs=%d ms=%d",
             s.height,
@@ -633,7 +535,7 @@ class ConsensusEngine:
         )
         self._last_commit_at = now
         payload = encode_commit_message(certificate, block.encode())
-        self._last_commit = (s.height, payload)
+        self._catchup.committed(s.height, payload)
         if announce:
             self._send("commit", payload)
         self._enter_height(s.height + 1)
@@ -641,89 +543,48 @@ class ConsensusEngine:
     # --- heights ---------------------------------------------------------------------
 
     def _new_height_state(self, height: int) -> HeightState:
+        self._validator_sets = {
+            h: v for h, v in self._validator_sets.items() if h >= height
+        }
         validators = self._validators(height)
         signing = (
             self.signer is not None
             and height >= self._sign_from
             and self._me in validators
         )
-        self._validator_sets = {
-            h: v for h, v in self._validator_sets.items() if h >= height
-        }
-        return HeightState(height, validators, signing, self._loop.time())
+        return HeightState(height, validators, signing, self._now())
 
     def _enter_height(self, height: int) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        self._timers.cancel_all()
         if self.wal is not None:
             self.wal.rotate(height)
         self._state = self._new_height_state(height)
-        self._ahead = {v: h for v, h in self._ahead.items() if h > height + 1}
-        buffered = [item for item in self._future.values() if item[0] == height]
-        self._future.clear()
-        self._future_bytes = 0
         handlers = {"proposal": self.on_proposal, "vote": self.on_vote}
-        for _, msg_type, payload in buffered:
+        for msg_type, payload in self._catchup.take(height):
             handlers[msg_type](payload)
         self._wait_for_start()
 
     def _catch_up_with_app(self) -> None:
-        """Blocks committed outside consensus (sync) move us to the next height."""
+        """Blocks committed outside consensus (by sync) move us past them."""
         last = self.app.last_height()
         if last >= self._state.height:
             self.log.info("caught up height=%d", last)
-            self._last_commit_at = self._loop.time()
+            self._last_commit_at = self._now()
             self._enter_height(last + 1)
 
     def _early(
-        self, key: tuple, validator: bytes, height: int, msg_type: str, payload: bytes
+        self, height: int, validator: bytes, key: tuple, msg_type: str, payload: bytes
     ) -> None:
-        """A valid message for a later height: buffer it if it is for the next
-        one; if f+1 validators are further ahead, we fell behind: ask for sync."""
         s = self._state
         if height == s.height + 1:
-            key = (height, *key)
-            full = (
-                len(self._future) >= MAX_BUFFERED
-                or self._future_bytes + len(payload) > MAX_BUFFERED_BYTES
-            )
-            if key not in self._future and not full:
-                self._future[key] = (height, msg_type, payload)
-                self._future_bytes += len(payload)
-            return None
-        self._ahead[validator] = max(height, self._ahead.get(validator, 0))
-        heights = sorted(
-            (h for v, h in self._ahead.items() if v in s.members), reverse=True
-        )
-        if len(heights) > s.f:
-            # One of f+1 validators at these heights is honest, so the height
-            # below the (f+1)-th highest is committed.
-            self._request_sync(heights[s.f] - 1)
-        return None
+            self._catchup.buffer(height, key, msg_type, payload)
+        else:
+            self._catchup.seen_ahead(validator, height, s.height, s.members, s.f)
 
-    def _request_sync(self, target: int) -> None:
-        asked, at = self._sync_asked
-        now = self._loop.time()
-        if target < asked or (target == asked and now - at < self._retry_s()):
-            return
-        self._sync_asked = (target, now)
-        self.log.info("behind height=%d target=%d", self._state.height, target)
-        self.app.request_sync(target)
-
-    def _retry_s(self) -> float:
-        return self.timeouts.max_timeout_ms / 1000
-
-    def _resend_commit(self, height: int) -> None:
-        """A peer still works on the height we just committed: send it the
-        certificate again (at most once per rebroadcast period)."""
-        if self._last_commit is None or self._last_commit[0] != height:
-            return
-        now = self._loop.time()
-        if now - self._commit_resent_at < self.timeouts.rebroadcast_ms / 1000:
-            return
-        self._commit_resent_at = now
-        self._send("commit", self._last_commit[1])
+    def _help_peer_behind(self, height: int) -> None:
+        payload = self._catchup.commit_for_peer(height)
+        if payload is not None:
+            self._send("commit", payload)
 
     # --- checks ----------------------------------------------------------------------
 
@@ -731,44 +592,17 @@ class ConsensusEngine:
         return self._block_reason(block) is None
 
     def _block_reason(self, block: Block) -> str | None:
-        """Why `block` may not be the next block (None if it may); executes it
-        once per height. Deterministic: the same on every honest node."""
+        """Why `block` may not be the next block (None if it may), once per block."""
         s = self._state
-        if block.hash in s.checked:
-            return s.checked[block.hash]
-        header = block.header
-        if header.chain_id != self.chain_id:
-            reason = f"chain id {header.chain_id!r}"
-        elif header.height != s.height:
-            reason = f"height {header.height} is not {s.height}"
-        elif header.time_ms <= self.app.last_block_time_ms():
-            reason = "block time is not after the parent's"
-        elif header.proposer not in s.members:
-            reason = "the proposer field names no validator"
-        else:
-            try:
-                reason = self.app.validate_block(block)
-            except Exception as exc:
-                self.log.exception("validate_block failed height=%d", s.height)
-                reason = f"validation failed: {type(exc).__name__}"
-        s.checked[block.hash] = reason
-        if reason is not None:
-            self.log.info(
-                "invalid block height=%d hash=%s reason=%s",
-                s.height,
-                short(block.hash),
-                reason,
+        if block.hash not in s.checked:
+            s.checked[block.hash] = block_problem(
+                block, self.chain_id, s.height, s.members, self.app, self.log
             )
-        return reason
+        return s.checked[block.hash]
 
     def _timely(self, block: Block) -> bool:
-        """Rule: prevote nil on a fresh block dated more than max_clock_drift_ms
-        ahead of our clock (a proposer cannot push block time into the future)."""
-        ahead = block.header.time_ms - self.app.now_ms()
-        if ahead > self.timeouts.max_clock_drift_ms:
-            self.log.info("untimely block height=%d ahead_ms=%d", block.height, ahead)
-            return False
-        return True
+        drift = self.timeouts.max_clock_drift_ms
+        return is_timely(block, self.app.now_ms(), drift, self.log)
 
     def _validators(self, height: int) -> list[bytes]:
         known = self._validator_sets.get(height)
@@ -793,13 +627,14 @@ class ConsensusEngine:
 
     def _record_own(self, kind: Entry, body: bytes) -> None:
         # Synced before the message is queued: after a crash, replay knows
-        # about everything any peer may have received from us.
+        # everything any peer may have received from us.
         if self.wal is not None:
             self.wal.append(kind, self._state.height, body, sync=True)
 
     def _replay(self, records: list[WalRecord]) -> None:
-        """Re-apply the logged inputs of this height, in order, to restore the
-        round state. Own messages are reused, never signed anew."""
+        """Feed the logged inputs of this height through the handlers again, in
+        order, to restore the round state. Own messages come back as received
+        ones; the steps that made them reuse them instead of signing anew."""
         if not records:
             return
         s = self._state
@@ -813,8 +648,16 @@ class ConsensusEngine:
         self._replaying = True
         try:
             for record in records:
-                self._replay_one(record)
+                if record.kind in (Entry.PROPOSAL, Entry.OWN_PROPOSAL):
+                    self.on_proposal(record.body)
+                elif record.kind in (Entry.VOTE, Entry.OWN_VOTE):
+                    self.on_vote(record.body)
+                elif record.kind == Entry.TIMEOUT:
+                    round, step = parse_timeout_body(record.body)
+                    self.on_timeout(s.height, round, Step(step))
                 self._advance()
+                if self._state is not s:
+                    break  # the logged inputs completed the height
         finally:
             self._replaying = False
         self.log.info(
@@ -826,48 +669,15 @@ class ConsensusEngine:
             s.locked_round,
         )
 
-    def _replay_one(self, record: WalRecord) -> None:
-        s = self._state
-        if record.kind == Entry.PROPOSAL:
-            self.on_proposal(record.body)
-        elif record.kind == Entry.VOTE:
-            self.on_vote(record.body)
-        elif record.kind == Entry.OWN_PROPOSAL:
-            self._join()
-            proposal, block = decode_proposal_message(record.body)
-            if proposal.round not in s.proposals:
-                s.add_proposal(proposal, block)
-        elif record.kind == Entry.OWN_VOTE:
-            self._join()
-            vote = decode_vote(record.body)
-            if not s.has_vote(vote):
-                s.add_vote(vote)
-        elif record.kind == Entry.TIMEOUT:
-            round, step = parse_timeout_body(record.body)
-            if round == s.round:
-                self._apply_timeout(round, Step(step))
-
     def _send(self, msg_type: str, payload: bytes) -> None:
-        f = self.faults
-        if (
-            (msg_type == "vote" and f.drop_outbound_votes)
-            or (msg_type == "proposal" and f.drop_outbound_proposals)
-            or (msg_type == "commit" and f.drop_outbound_commits)
-        ):
-            return
-        self._outbox.put_nowait((msg_type, payload))
+        self._outbox.send(msg_type, payload)
 
-    async def _send_loop(self) -> None:
-        while True:
-            msg_type, payload = await self._outbox.get()
-            try:
-                await self._broadcast(msg_type, payload)
-            except Exception:
-                self.log.exception("broadcast failed type=%s", msg_type)
+    def _now(self) -> float:
+        return self._loop.time()
 
     def _guarded(self, fn: Callable, *args: Any) -> Any:
-        """Run a handler; a halt fault ends it quietly, any other error is
-        logged so one bad message cannot stop the engine."""
+        """Run a handler. A halt ends it quietly; any other error is logged and
+        reported, so one bad message or a bug in one path cannot stop the loop."""
         if not self._running:
             return None
         try:

@@ -182,7 +182,7 @@ def _block_hash(value: Any, nil_allowed: bool) -> bytes:
     return check_bytes(value, "block_hash", HASH_BYTES)
 
 
-def _strict(decoder):
+def strict_decoder(decoder):
     """Turn every DecodeError a decoder raises into MalformedMessage."""
 
     def wrapped(data: Any):
@@ -273,7 +273,7 @@ class Vote:
         )
 
 
-@_strict
+@strict_decoder
 def decode_vote(data: Any) -> Vote:
     """A vote from its canonical bytes; raises MalformedMessage."""
     return Vote.from_wire(decode(data, MAX_VOTE_BYTES))
@@ -344,7 +344,7 @@ class Proposal:
         )
 
 
-@_strict
+@strict_decoder
 def decode_proposal(data: Any) -> Proposal:
     """A proposal from its canonical bytes; raises MalformedMessage."""
     return Proposal.from_wire(decode(data, MAX_PROPOSAL_BYTES))
@@ -462,7 +462,7 @@ class CommitCertificate:
             )
 
 
-@_strict
+@strict_decoder
 def decode_certificate(data: Any) -> CommitCertificate:
     """A commit certificate from its canonical bytes; raises MalformedMessage."""
     return CommitCertificate.from_wire(decode(data, MAX_CERTIFICATE_BYTES))
@@ -532,7 +532,7 @@ class DoubleSignEvidence:
         )
 
 
-@_strict
+@strict_decoder
 def decode_evidence(data: Any) -> DoubleSignEvidence:
     """Double-sign evidence from its canonical bytes; raises MalformedMessage."""
     return DoubleSignEvidence.from_wire(decode(data, MAX_EVIDENCE_BYTES))
@@ -545,7 +545,7 @@ def encode_proposal_message(proposal: Proposal, block_bytes: bytes) -> bytes:
     return encode([proposal.to_wire(), block_bytes])
 
 
-@_strict
+@strict_decoder
 def decode_proposal_message(payload: Any) -> tuple[Proposal, Block]:
     """(proposal, block) from a "proposal" payload; raises MalformedMessage.
 
@@ -567,7 +567,7 @@ def encode_commit_message(certificate: CommitCertificate, block_bytes: bytes) ->
     return encode([certificate.to_wire(), block_bytes])
 
 
-@_strict
+@strict_decoder
 def decode_commit_message(payload: Any) -> tuple[CommitCertificate, Block]:
     """(certificate, block) from a "commit" payload; raises MalformedMessage.
 

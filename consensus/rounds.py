@@ -30,6 +30,21 @@ class Step(IntEnum):
     PRECOMMIT = 3
 
 
+@dataclass(frozen=True)
+class Status:
+    """Where consensus stands: height, round, step, lock and valid value."""
+
+    height: int
+    round: int
+    step: str
+    locked_round: int
+    locked_hash: str
+    valid_round: int
+    valid_hash: str
+    signing: bool
+    running: bool
+
+
 class VoteSet:
     """The votes of one type in one round: the first one of each validator."""
 
@@ -142,3 +157,16 @@ class HeightState:
     @property
     def valid_hash(self) -> bytes:
         return self.valid_block.hash if self.valid_block is not None else NIL
+
+    def status(self, running: bool) -> Status:
+        return Status(
+            height=self.height,
+            round=self.round,
+            step=self.step.name.lower(),
+            locked_round=self.locked_round,
+            locked_hash=self.locked_hash.hex(),
+            valid_round=self.valid_round,
+            valid_hash=self.valid_hash.hex(),
+            signing=self.signing,
+            running=running,
+        )

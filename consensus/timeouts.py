@@ -13,6 +13,9 @@ the last block's time (an empty block that shows the chain is alive).
 
 from __future__ import annotations
 
+import asyncio
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from consensus.signer import STEP_PRECOMMIT, STEP_PREVOTE, STEP_PROPOSE
@@ -62,3 +65,41 @@ class TimeoutConfig:
         else:
             raise ValueError(f"step {step} has no timeout")
         return min(self.max_timeout_ms, base + delta * round)
+
+    def start_delay_ms(
+        self, since_commit_ms: float | None, since_block_ms: int, pending_txs: bool
+    ) -> int:
+        """How long to wait before starting the next height; 0 means now.
+
+        Rule: start once block_interval_ms passed since the last commit (None:
+        no commit yet in this run) and there is pending work or a heartbeat is
+        due; until then, look again after at most idle_poll_ms.
+        """
+        if since_commit_ms is not None and since_commit_ms < self.block_interval_ms:
+            return max(1, math.ceil(self.block_interval_ms - since_commit_ms))
+        if pending_txs or since_block_ms >= self.heartbeat_ms:
+            return 0
+        return max(1, min(self.idle_poll_ms, self.heartbeat_ms - since_block_ms))
+
+
+class Timers:
+    """One-shot callbacks on the running event loop, cancelled all at once."""
+
+    def __init__(self) -> None:
+        self._handles: set[asyncio.TimerHandle] = set()
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def call_later(self, delay_ms: int, callback: Callable[[], None]) -> None:
+        def fire() -> None:
+            self._handles.discard(handle)
+            callback()
+
+        handle = asyncio.get_running_loop().call_later(delay_ms / 1000, fire)
+        self._handles.add(handle)
+
+    def cancel_all(self) -> None:
+        for handle in self._handles:
+            handle.cancel()
+        self._handles.clear()

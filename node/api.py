@@ -2,21 +2,10 @@
 
 Apps reach perkchain through this API: a merchant's till awards coins for a
 purchase, a wallet shows a customer's balance and spends coins, an auditor's
-tools follow every committed block. Routes (node.openapi describes each):
-
-    GET  /v1/status                      chain, height, roots, mempool
-    POST /v1/transactions                submit one signed transaction
-    POST /v1/transactions/batch          submit up to api.max_batch at once
-    GET  /v1/transactions/{hash}         pending, committed or rejected
-    GET  /v1/blocks/latest               the tip, with transactions and receipts
-    GET  /v1/blocks/{height}
-    GET  /v1/accounts/{address}          balance, lots, paged history
-    GET  /v1/merchants/{address}         terms and issuance counters
-    GET  /v1/validators
-    GET  /v1/stream/blocks               server-sent events, one per block
-    GET  /v1/stream/accounts/{address}   server-sent events of one account
-    GET  /v1/openapi.json
-    GET  /metrics, /healthz, /readyz     for operators
+tools follow every committed block. Everything lives under /v1 (status,
+transactions, blocks, accounts, merchants, validators, server-sent event
+streams and the OpenAPI document), beside /metrics, /healthz and /readyz for
+operators; ROUTES at the end lists them and node.openapi describes each.
 
 A transaction arrives as its canonical signed bytes (state.tx): hex in a JSON
 body, or raw with Content-Type application/msgpack. The node never signs for
@@ -49,7 +38,7 @@ from node.events import CommittedBlock, Subscription
 from node.mempool import Admission, MempoolFull
 from node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from node.openapi import build_document
-from node.views import ApiError, clip, refusal, too_large
+from node.views import JSON, MSGPACK, MSGPACK_TYPES, ApiError, clip, refusal, too_large
 from state.block import decode_block, decode_receipts
 from state.codes import Code
 from state.tx import TxRejected
@@ -59,9 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("node.api")
 
-JSON = "application/json"
-MSGPACK = "application/msgpack"
-MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack"})
 PROBLEM = "application/problem+json"
 
 # Requests one client address may have in flight, streams included. Behind a
@@ -100,30 +86,8 @@ async def send_problem(request: web.Request, error: ApiError) -> web.StreamRespo
 # --- formats -------------------------------------------------------------------------
 
 
-def wants_msgpack(request: web.Request) -> bool:
-    """True when Accept prefers msgpack to JSON (a tie goes to the named one)."""
-    best_json = best_msgpack = 0.0
-    for part in request.headers.get("Accept", "").split(","):
-        media, _, params = part.partition(";")
-        media = media.strip().lower()
-        q = 1.0
-        for param in params.split(";"):
-            name, _, value = param.partition("=")
-            if name.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        q = q if 0.0 <= q <= 1.0 else 0.0
-        if media in MSGPACK_TYPES:
-            best_msgpack = max(best_msgpack, q)
-        elif media in (JSON, "application/*", "*/*"):
-            best_json = max(best_json, q)
-    return best_msgpack > 0 and best_msgpack >= best_json
-
-
 def reply(request: web.Request, doc: Any, status: int = 200, headers=None):
-    if wants_msgpack(request):
+    if views.prefers_msgpack(request.headers.get("Accept", "")):
         body, content_type = msgpack.packb(doc, use_bin_type=True), MSGPACK
     else:
         text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
@@ -213,8 +177,12 @@ async def wait_final(
         await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
-        waiting.cancel()  # nothing when it is done; its own cleanup runs either way
-    return node.tx_status(tx_hash) if waiting.cancelled() else waiting.result()
+        finished = waiting.done()
+        if not finished:
+            waiting.cancel()  # it forgets its waiter as it unwinds
+    if finished and not waiting.cancelled():
+        return waiting.result()
+    return node.tx_status(tx_hash)
 
 
 def final_reply(request: web.Request, tx_hash: bytes, final: TxStatus | None):
@@ -343,8 +311,7 @@ async def validators(request: web.Request) -> web.Response:
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event}\ndata: {text}\n\n".encode()
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
 async def block_stream(request: web.Request) -> web.StreamResponse:
@@ -500,7 +467,7 @@ def from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiErro
         return ApiError("method_not_allowed", detail, headers=headers)
     if exc.status == 413:  # client_max_size, met while reading a body
         limit = node_of(request).config.api.max_body_bytes
-        return too_large(request.content_length or limit + 1, limit)
+        return too_large(request.content_length, limit)
     code = exc.reason.lower().replace(" ", "_")
     return ApiError(code, exc.reason, status=exc.status, headers=headers)
 

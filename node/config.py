@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +146,11 @@ def _section(cls, doc: Any, name: str):
     if unknown:
         raise ConfigError(f"[{name}] unknown settings: {sorted(unknown)}")
     values = {}
-    defaults = cls()
+    # Declared types rather than a default instance: a peer entry has no
+    # defaults, every field of it must be given.
+    hints = typing.get_type_hints(cls)
     for key, value in doc.items():
-        expected = type(getattr(defaults, key))
+        expected = typing.get_origin(hints[key]) or hints[key]
         if expected is float and type(value) is int:
             value = float(value)
         if type(value) is not expected:
@@ -156,6 +159,15 @@ def _section(cls, doc: Any, name: str):
                 f"not {type(value).__name__}"
             )
         values[key] = value
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.name not in values
+        and f.default is MISSING
+        and f.default_factory is MISSING
+    ]
+    if missing:
+        raise ConfigError(f"[{name}] missing settings: {missing}")
     return cls(**values)
 
 

@@ -46,6 +46,7 @@ API_CODES: dict[str, tuple[int, str]] = {
     "batch_too_large": (413, "more transactions than api.max_batch"),
     "unsupported_media_type": (415, "Content-Type is not JSON or msgpack"),
     "expectation_failed": (417, "an Expect header other than 100-continue"),
+    "bad_request": (400, "a request the HTTP server itself could not take"),
     "dropped": (422, "the transaction left the mempool uncommitted (expired)"),
     "too_many_requests": (429, "too many requests in flight from this client"),
     "internal_error": (500, "an unexpected failure; details are in the node log"),
@@ -117,6 +118,7 @@ INT = {"type": "integer"}
 UINT = {"type": "integer", "minimum": 0}
 STR = {"type": "string"}
 BOOL = {"type": "boolean"}
+OBJECT = {"type": "object"}
 
 
 def schemas(max_batch: int) -> dict[str, Any]:
@@ -354,46 +356,35 @@ def content(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def ok(description: str, schema_name: str) -> dict[str, Any]:
-    return {"description": description, "content": content(ref(schema_name))}
+    """A 200 response with the named schema, in JSON or msgpack."""
+    return {"200": {"description": description, "content": content(ref(schema_name))}}
 
 
 def problem(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/responses/{name}"}
 
 
-PROBLEM_RESPONSES = {
-    "BadRequest": "Malformed body, parameter or transaction",
-    "Forbidden": "CORS preflight from an origin that is not allowed",
-    "NotFound": "Unknown route or resource",
-    "MethodNotAllowed": "The route does not take this method",
-    "Conflict": "The transaction is already committed (duplicate_tx)",
-    "PayloadTooLarge": "The body or batch is over its limit",
-    "UnsupportedMediaType": "Content-Type is neither JSON nor msgpack",
-    "Unprocessable": "Well formed, but refused (signature, chain, expiry, range, "
-    "or by the ledger when waiting)",
-    "TooManyRequests": "Too many requests in flight from this client",
-    "InternalError": "Unexpected failure (logged); no internals are shown",
-    "Unavailable": "Mempool full or node not ready; see Retry-After",
-}
-_STATUS_OF = {
-    "BadRequest": "400",
-    "Forbidden": "403",
-    "NotFound": "404",
-    "MethodNotAllowed": "405",
-    "Conflict": "409",
-    "PayloadTooLarge": "413",
-    "UnsupportedMediaType": "415",
-    "Unprocessable": "422",
-    "TooManyRequests": "429",
-    "InternalError": "500",
-    "Unavailable": "503",
-}
+# Problem responses by name: their status and what brings them.
+PROBLEM_RESPONSES: dict[str, tuple[str, str]] = {
+    "BadRequest": ("400", "Malformed body, parameter or transaction"),
+    "NotFound": ("404", "Unknown route or resource"),
+    "MethodNotAllowed": ("405", "The route does not take this method"),
+    "Conflict": ("409", "The transaction is already committed (duplicate_tx)"),
+    "PayloadTooLarge": ("413", "The body or batch is over its limit"),
+    "UnsupportedMediaType": ("415", "Content-Type is neither JSON nor msgpack"),
+    "Unprocessable": ("422", "Well formed, but refused: signature, chain, "
+                      "expiry, range, or by the ledger when waiting"),
+    "TooManyRequests": ("429", "Too many requests in flight from this client"),
+    "InternalError": ("500", "Unexpected failure (logged); no internals shown"),
+    "Unavailable": ("503", "Mempool full or node not ready; see Retry-After"),
+}  # fmt: skip
 
 
 def responses(main: dict[str, Any], *errors: str) -> dict[str, Any]:
+    """`main` plus the problem responses named, and those any route may give."""
     out = dict(main)
     for name in (*errors, "MethodNotAllowed", "TooManyRequests", "InternalError"):
-        out[_STATUS_OF[name]] = problem(name)
+        out[PROBLEM_RESPONSES[name][0]] = problem(name)
     return out
 
 
@@ -416,230 +407,185 @@ def operation(
     operation_id: str,
     summary: str,
     response: dict[str, Any],
-    parameters: list[dict[str, Any]] | None = None,
+    *errors: str,
+    params: tuple[dict[str, Any], ...] = (),
     **more: Any,
 ) -> dict[str, Any]:
-    op = {
+    return {
         "operationId": operation_id,
         "summary": summary,
-        "parameters": parameters or [],
-        "responses": response,
+        "parameters": list(params),
+        "responses": responses(response, *errors),
+        **more,
     }
-    op.update(more)
-    return op
+
+
+def get(*args: Any, **kw: Any) -> dict[str, Any]:
+    return {"get": operation(*args, **kw)}
+
+
+def text(description: str, media: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"200": {"description": description, "content": {media: {"schema": schema}}}}
+
+
+def body(description: str, json_schema: str) -> dict[str, Any]:
+    raw = {"type": "string", "contentMediaType": "application/msgpack"}
+    return {
+        "required": True,
+        "description": description,
+        "content": {
+            "application/json": {"schema": ref(json_schema)},
+            "application/msgpack": {"schema": raw},
+        },
+    }
 
 
 def paths(max_batch: int, max_body: int) -> dict[str, Any]:
-    tx_body = {
-        "required": True,
-        "description": f"At most {max_body} bytes. The transaction as hex in "
-        "JSON, or its raw canonical bytes with Content-Type application/msgpack.",
-        "content": {
-            "application/json": {"schema": ref("SubmitRequest")},
-            "application/msgpack": {
-                "schema": {"type": "string", "contentMediaType": "application/msgpack"}
-            },
+    sse = text(
+        "A text/event-stream; comment lines every ~15 s keep it open, and "
+        "`event: end` with a reason comes when the node ends it.",
+        "text/event-stream",
+        STR,
+    )
+    submitted = {
+        **ok("Committed with code ok (wait=true)", "Committed"),
+        "202": {
+            "description": "Admitted to the mempool, or still pending when the "
+            "wait timed out. Resubmitting pending bytes is idempotent: 202 with "
+            "the same hash.",
+            "content": content(ref("Pending")),
         },
     }
-    batch_body = {
-        "required": True,
-        "description": f"1..{max_batch} transactions: hex strings in JSON, or a "
-        "msgpack array of bin (each the raw transaction).",
-        "content": {
-            "application/json": {"schema": ref("BatchRequest")},
-            "application/msgpack": {
-                "schema": {"type": "string", "contentMediaType": "application/msgpack"}
-            },
-        },
-    }
-    sse = {
-        "description": "A text/event-stream: comment lines every ~15 s keep it "
-        "open; `event: end` with a reason when the node ends it.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
-    hash_param = param("hash", "path", ref("Hash"), "Transaction hash (SHA-256).")
+    wait = param(
+        "wait",
+        "query",
+        {"type": "string", "enum": ["true", "false"]},
+        "Wait until the transaction is committed (or the timeout passes).",
+    )
+    timeout = param(
+        "timeout",
+        "query",
+        {"type": "string", "pattern": r"^[0-9]{1,6}(\.[0-9]{1,3})?$"},
+        "Seconds to wait; capped by api.max_wait_s, which is the default.",
+    )
+    limit = param(
+        "limit",
+        "query",
+        {"type": "string", "pattern": "^[0-9]{1,6}$"},
+        "History items per page, 1..200 (default 50).",
+    )
+    cursor = param("cursor", "query", ref("Hex"), "next_cursor of the last page.")
+    tx_hash = param("hash", "path", ref("Hash"), "Transaction hash (SHA-256).")
+    height = param("height", "path", STR, "A block height: 1, 2, ...")
     return {
-        "/v1/status": {
-            "get": operation(
-                "status",
-                "The node's view of the chain",
-                responses(ok("Status", "Status")),
-            )
-        },
+        "/v1/status": get(
+            "status", "The node's view of the chain", ok("Status", "Status")
+        ),
         "/v1/transactions": {
             "post": operation(
                 "submit_transaction",
                 "Submit one signed transaction",
-                responses(
-                    {
-                        "200": ok("Committed with code ok (wait=true)", "Committed"),
-                        "202": ok(
-                            "Admitted to the mempool, or still pending when the "
-                            "wait timed out. Resubmitting pending bytes is "
-                            "idempotent: 202 with the same hash.",
-                            "Pending",
-                        ),
-                    },
-                    "BadRequest",
-                    "Conflict",
-                    "PayloadTooLarge",
-                    "UnsupportedMediaType",
-                    "Unprocessable",
-                    "Unavailable",
+                submitted,
+                "BadRequest",
+                "Conflict",
+                "PayloadTooLarge",
+                "UnsupportedMediaType",
+                "Unprocessable",
+                "Unavailable",
+                params=(wait, timeout),
+                requestBody=body(
+                    f"At most {max_body} bytes: the transaction as hex in JSON, "
+                    "or its raw canonical bytes as application/msgpack.",
+                    "SubmitRequest",
                 ),
-                [
-                    param(
-                        "wait",
-                        "query",
-                        {"type": "string", "enum": ["true", "false"]},
-                        "Wait until the transaction is committed (or timeout).",
-                    ),
-                    param(
-                        "timeout",
-                        "query",
-                        {"type": "string", "pattern": r"^[0-9]{1,6}(\.[0-9]{1,3})?$"},
-                        "Seconds to wait; capped by api.max_wait_s (the default).",
-                    ),
-                ],
-                requestBody=tx_body,
             )
         },
         "/v1/transactions/batch": {
             "post": operation(
                 "submit_batch",
                 "Submit many signed transactions",
-                responses(
-                    {"200": ok("One result per transaction, in order", "BatchResult")},
-                    "BadRequest",
-                    "PayloadTooLarge",
-                    "UnsupportedMediaType",
+                ok("One result per transaction, in order", "BatchResult"),
+                "BadRequest",
+                "PayloadTooLarge",
+                "UnsupportedMediaType",
+                requestBody=body(
+                    f"1..{max_batch} transactions: hex strings in JSON, or a "
+                    "msgpack array of bin, each a raw transaction.",
+                    "BatchRequest",
                 ),
-                requestBody=batch_body,
                 description="Each result is `{hash, status: pending}` or the "
                 "problem document that refused that transaction, with the HTTP "
                 "status it would have had alone. Retry-After is set when any "
                 "was refused for a full mempool.",
             )
         },
-        "/v1/transactions/{hash}": {
-            "get": operation(
-                "transaction",
-                "Where a transaction stands",
-                responses(
-                    {"200": ok("Pending, committed or rejected", "TransactionStatus")},
-                    "BadRequest",
-                    "NotFound",
-                ),
-                [hash_param],
-            )
-        },
-        "/v1/blocks/latest": {
-            "get": operation(
-                "latest_block",
-                "The latest block with transactions, receipts and certificate",
-                responses(ok("The block", "Block"), "NotFound"),
-            )
-        },
-        "/v1/blocks/{height}": {
-            "get": operation(
-                "block_at_height",
-                "A block by height",
-                responses(ok("The block", "Block"), "BadRequest", "NotFound"),
-                [param("height", "path", {"type": "string"}, "1, 2, ...")],
-            )
-        },
-        "/v1/accounts/{address}": {
-            "get": operation(
-                "account",
-                "An account's balance, lots and history (newest first)",
-                responses(ok("The account", "Account"), "BadRequest"),
-                [
-                    ADDRESS,
-                    param(
-                        "limit",
-                        "query",
-                        {"type": "string", "pattern": "^[0-9]{1,6}$"},
-                        "History items per page, 1..200 (default 50).",
-                    ),
-                    param(
-                        "cursor",
-                        "query",
-                        ref("Hex"),
-                        "next_cursor of the previous page (opaque).",
-                    ),
-                ],
-            )
-        },
-        "/v1/merchants/{address}": {
-            "get": operation(
-                "merchant",
-                "A merchant's terms and counters",
-                responses(ok("The merchant", "Merchant"), "BadRequest", "NotFound"),
-                [ADDRESS],
-            )
-        },
-        "/v1/validators": {
-            "get": operation(
-                "validators",
-                "The validator set",
-                responses(ok("Validators", "Validators")),
-            )
-        },
-        "/v1/stream/blocks": {
-            "get": operation(
-                "block_stream",
-                "Server-sent events: `event: block`, data BlockEvent, per block",
-                responses({"200": sse}),
-            )
-        },
-        "/v1/stream/accounts/{address}": {
-            "get": operation(
-                "account_stream",
-                "Server-sent events: `event: account`, data AccountEvent",
-                responses({"200": sse}, "BadRequest"),
-                [ADDRESS],
-            )
-        },
-        "/v1/openapi.json": {
-            "get": operation(
-                "openapi_document",
-                "This document",
-                responses(
-                    {
-                        "200": {
-                            "description": "OpenAPI 3.1",
-                            "content": content({"type": "object"}),
-                        }
-                    }
-                ),
-            )
-        },
-        "/metrics": {
-            "get": operation(
-                "metrics",
-                "Prometheus metrics",
-                responses(
-                    {
-                        "200": {
-                            "description": "Prometheus text format",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    }
-                ),
-            )
-        },
-        "/healthz": {
-            "get": operation(
-                "health", "The process is alive", responses(ok("Alive", "Health"))
-            )
-        },
-        "/readyz": {
-            "get": operation(
-                "readiness",
-                "The store is open and the node started",
-                responses(ok("Ready", "Ready"), "Unavailable"),
-            )
-        },
+        "/v1/transactions/{hash}": get(
+            "transaction",
+            "Where a transaction stands",
+            ok("Pending, committed or rejected", "TransactionStatus"),
+            "BadRequest",
+            "NotFound",
+            params=(tx_hash,),
+        ),
+        "/v1/blocks/latest": get(
+            "latest_block",
+            "The latest block with transactions, receipts and certificate",
+            ok("The block", "Block"),
+            "NotFound",
+        ),
+        "/v1/blocks/{height}": get(
+            "block_at_height",
+            "A block by height",
+            ok("The block", "Block"),
+            "BadRequest",
+            "NotFound",
+            params=(height,),
+        ),
+        "/v1/accounts/{address}": get(
+            "account",
+            "An account's balance, lots and history (newest first)",
+            ok("The account", "Account"),
+            "BadRequest",
+            params=(ADDRESS, limit, cursor),
+        ),
+        "/v1/merchants/{address}": get(
+            "merchant",
+            "A merchant's terms and counters",
+            ok("The merchant", "Merchant"),
+            "BadRequest",
+            "NotFound",
+            params=(ADDRESS,),
+        ),
+        "/v1/validators": get(
+            "validators", "The validator set", ok("Validators", "Validators")
+        ),
+        "/v1/stream/blocks": get(
+            "block_stream", "Events `block` (data: BlockEvent), one per block", sse
+        ),
+        "/v1/stream/accounts/{address}": get(
+            "account_stream",
+            "Events `account` (data: AccountEvent) of one account",
+            sse,
+            "BadRequest",
+            params=(ADDRESS,),
+        ),
+        "/v1/openapi.json": get(
+            "openapi_document",
+            "This document",
+            {"200": {"description": "OpenAPI 3.1", "content": content(OBJECT)}},
+        ),
+        "/metrics": get(
+            "metrics",
+            "Prometheus metrics",
+            text("Prometheus text format", "text/plain", STR),
+        ),
+        "/healthz": get("health", "The process is alive", ok("Alive", "Health")),
+        "/readyz": get(
+            "readiness",
+            "The store is open and the node started",
+            ok("Ready", "Ready"),
+            "Unavailable",
+        ),
     }
 
 
@@ -657,7 +603,7 @@ def build_document(max_batch: int = 2000, max_body: int = 4 << 20) -> dict[str, 
             "schemas": schemas(max_batch),
             "responses": {
                 name: {"description": description, "content": problem_content}
-                for name, description in PROBLEM_RESPONSES.items()
+                for name, (_, description) in PROBLEM_RESPONSES.items()
             },
         },
     }

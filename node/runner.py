@@ -1,6 +1,6 @@
 """`perk node run`: one node in the foreground until SIGTERM or SIGINT.
 
-The home folder must hold config.toml, genesis.json and node_key.json (see
+The home folder must hold config.toml, genesis.json and node_key.pem (see
 node.config). A signal asks for a clean stop: the node finishes the block
 write in progress, closes its API and network, and closes the database, then
 the process exits 0. A missing or invalid file exits 2 with one line saying

@@ -55,6 +55,9 @@ if TYPE_CHECKING:
     from node.events import CommittedBlock
     from node.service import TxStatus
 
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack"})
 PROBLEM_TYPE = "urn:perkchain:problem:"
 RETRY_AFTER_S = 1
 # Request bodies here nest two levels; anything far deeper is an attack on the
@@ -139,8 +142,9 @@ def refusal(exc: Exception, raw: bytes) -> ApiError:
     return ApiError(exc.code, exc.detail, **extra)
 
 
-def too_large(declared: int, limit: int) -> ApiError:
-    detail = f"the body is {declared} bytes, over the limit of {limit}"
+def too_large(declared: int | None, limit: int) -> ApiError:
+    size = "the body" if declared is None else f"the body of {declared} bytes"
+    detail = f"{size} is over the limit of {limit} bytes"
     return ApiError("body_too_large", detail, close=True, limit=limit)
 
 
@@ -294,6 +298,29 @@ def check_batch_size(count: int, max_batch: int) -> None:
 
 
 # --- parameters ----------------------------------------------------------------------
+
+
+def prefers_msgpack(accept: str) -> bool:
+    """True when an Accept header prefers msgpack to JSON (a tie goes to the one
+    named explicitly, so `*/*` alone still means JSON)."""
+    best_json = best_msgpack = 0.0
+    for part in accept.split(","):
+        media, _, params = part.partition(";")
+        media = media.strip().lower()
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        q = q if 0.0 <= q <= 1.0 else 0.0  # NaN and nonsense count as "not at all"
+        if media in MSGPACK_TYPES:
+            best_msgpack = max(best_msgpack, q)
+        elif media in (JSON, "application/*", "*/*"):
+            best_json = max(best_json, q)
+    return best_msgpack > 0 and best_msgpack >= best_json
 
 
 def check_query(items: Iterable[tuple[str, str]], allowed: tuple[str, ...]):

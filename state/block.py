@@ -174,7 +174,11 @@ class Receipt:
     @classmethod
     def from_wire(cls, v: list) -> Receipt:
         check_array(v, 2, "receipt")
-        code = Code(check_uint(v[0], "code"))
+        number = check_uint(v[0], "code")
+        try:
+            code = Code(number)
+        except ValueError:
+            raise DecodeError(f"receipt code {number} is unknown") from None
         if type(v[1]) is not list or len(v[1]) > MAX_EVENTS:
             raise DecodeError("receipt events: expected an array")
         events = []

@@ -59,8 +59,10 @@ def decode(data: bytes, max_bytes: int) -> Any:
     except Exception as exc:  # msgpack raises many types; all mean "bad bytes"
         raise DecodeError(f"not valid msgpack: {type(exc).__name__}") from None
 
-    # The re-encoding test catches every alternative spelling at once. A float64
-    # survives it, but no schema check accepts a float, so none gets further.
+    # Only arrays, integers, booleans, bytes and text are allowed anywhere.
+    check_types(value)
+
+    # The re-encoding test catches every alternative spelling at once.
     try:
         canonical = encode(value)
     except Exception:
@@ -68,6 +70,21 @@ def decode(data: bytes, max_bytes: int) -> Any:
     if canonical != data:
         raise DecodeError("not the canonical encoding")
     return value
+
+
+_SCALARS = (int, bool, bytes, str)
+
+
+def check_types(value: Any) -> None:
+    """Refuse maps, nil, floats and extension types, however deeply nested."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is list:
+            stack.extend(item)
+        elif kind not in _SCALARS:
+            raise DecodeError(f"{kind.__name__} values are not allowed")
 
 
 def sha256(data: bytes) -> bytes:

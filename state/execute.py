@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from state.block import (
+    MAX_BLOCK_BYTES,
+    MAX_BLOCK_TXS,
     Block,
     Header,
     Receipt,
@@ -103,7 +105,13 @@ class Executor:
         self.check_time(time_ms)
         now_s = time_ms // 1000
         admitted, dropped, seen = [], [], set()
+        size = 0
         for tx in candidates:
+            # A block must stay within what every peer's decoder accepts; the
+            # rest waits in the mempool for the next block.
+            size += len(tx.raw) + 3
+            if len(admitted) >= MAX_BLOCK_TXS or size > MAX_BLOCK_BYTES - 1024:
+                break
             try:
                 self.admit(tx, now_s, seen)
             except TxRejected as rejected:
@@ -134,6 +142,10 @@ class Executor:
         if header.validators_hash != self.store.validators_hash:
             raise InvalidBlock(height, "validators hash does not match")
 
+        if len(block.txs) > MAX_BLOCK_TXS:
+            raise InvalidBlock(height, f"more than {MAX_BLOCK_TXS} transactions")
+        if header.proposer not in {key for _, key in self.store.validators}:
+            raise InvalidBlock(height, "proposer is not a validator")
         now_s = header.time_s
         txs, seen = [], set()
         for i, raw in enumerate(block.txs):

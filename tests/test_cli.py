@@ -17,7 +17,7 @@ import pytest
 
 from client.keys import Keypair
 from client.keystore import load_keystore
-from node.config import load_config, read_node_key
+from node.config import NODE_KEY_FILE, load_config, read_node_key
 from state.genesis import load_genesis
 
 
@@ -58,9 +58,9 @@ def test_init_writes_a_home_and_refuses_to_overwrite(tmp_path):
     )
     assert doc["name"] == "node-a" and doc["kind"] == "auditor"
 
-    seed = read_node_key(home / "node_key.json")
+    seed = read_node_key(home / NODE_KEY_FILE)
     assert Keypair.from_seed(seed).address == doc["address"]
-    assert stat.S_IMODE((home / "node_key.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / NODE_KEY_FILE).stat().st_mode) == 0o600
     assert (home / "node_cert.pem").read_text().startswith("-----BEGIN CERTIFICATE")
     config = load_config(home)
     assert (config.node.kind, config.api.port, config.p2p.port) == (
@@ -77,7 +77,7 @@ def test_init_writes_a_home_and_refuses_to_overwrite(tmp_path):
     again = perk("init", "--home", str(home))
     assert again.returncode == 2
     assert "refusing to overwrite" in one_line_error(again)
-    assert read_node_key(home / "node_key.json") == seed
+    assert read_node_key(home / NODE_KEY_FILE) == seed
 
 
 def test_init_human_output_names_the_address(tmp_path):

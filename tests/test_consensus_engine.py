@@ -37,7 +37,9 @@ OUTSIDER = Keypair.from_seed(bytes([77]) * 32)
 SOME_HASH = b"\x42" * 32
 
 
-def signed_vote(key: Keypair, height=1, round=0, block_hash=SOME_HASH, vote_type=PREVOTE):
+def signed_vote(
+    key: Keypair, height=1, round=0, block_hash=SOME_HASH, vote_type=PREVOTE
+):
     message = vote_sign_bytes(
         CHAIN, vote_type, height, round, block_hash, key.public_key
     )
@@ -98,8 +100,10 @@ async def test_invalid_messages_are_refused_with_a_reason(lone):
     assert "not the proposer" in await engine.on_message("proposal", wrong)
 
     weak = CommitCertificate.from_votes(
-        [signed_vote(VALIDATOR_KEYS[i], block_hash=block.hash, vote_type=PRECOMMIT)
-         for i in (1, 2)]
+        [
+            signed_vote(VALIDATOR_KEYS[i], block_hash=block.hash, vote_type=PRECOMMIT)
+            for i in (1, 2)
+        ]
     )
     payload = encode_commit_message(weak, block.encode())
     assert "quorum" in await engine.on_message("commit", payload)

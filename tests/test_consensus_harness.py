@@ -239,12 +239,12 @@ class Network:
         self.filters.clear()
 
     def votes_by(self, src: int) -> list:
-        return [
-            decode_vote(p) for s, t, p in self.sent if s == src and t == "vote"
-        ]
+        return [decode_vote(p) for s, t, p in self.sent if s == src and t == "vote"]
 
     def proposals(self) -> list:
-        return [decode_proposal_message(p)[0] for _, t, p in self.sent if t == "proposal"]
+        return [
+            decode_proposal_message(p)[0] for _, t, p in self.sent if t == "proposal"
+        ]
 
 
 class ErrorLog(logging.Handler):
@@ -425,4 +425,3 @@ def is_vote(vote_type: int) -> Filter:
 
 def prevotes(votes: list) -> list:
     return [v for v in votes if v.vote_type == PREVOTE]
-

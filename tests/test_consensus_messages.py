@@ -98,7 +98,7 @@ def test_quorum_and_max_faulty(n, f, q):
     assert 2 * q - n > f
 
 
-# --- votes and proposals ---------------------------------------------------------------
+# --- votes and proposals -------------------------------------------------------------
 
 
 def test_vote_round_trip_and_signature():
@@ -256,7 +256,9 @@ def test_evidence_round_trip_and_verify():
         vote(KEYS[3], PREVOTE, block_hash=NIL),  # another validator
         vote(KEYS[2], PREVOTE, round=3, block_hash=NIL),  # another round
         vote(KEYS[2], PRECOMMIT, block_hash=NIL),  # another type
-        dataclasses.replace(vote(KEYS[2], PREVOTE, block_hash=NIL), signature=b"\x01" * 64),
+        dataclasses.replace(
+            vote(KEYS[2], PREVOTE, block_hash=NIL), signature=b"\x01" * 64
+        ),
     ],
 )
 def test_evidence_that_proves_nothing_fails(other):

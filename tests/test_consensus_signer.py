@@ -74,7 +74,11 @@ def test_another_block_at_the_same_step_is_refused_naming_both(path):
 def test_positions_before_the_last_are_refused(path):
     guard = SignerGuard(path, SEED)
     guard.sign_vote(CHAIN, PRECOMMIT, 5, 1, A)
-    for height, round, step in [(5, 1, STEP_PREVOTE), (5, 0, STEP_PRECOMMIT), (4, 9, 3)]:
+    for height, round, step in [
+        (5, 1, STEP_PREVOTE),
+        (5, 0, STEP_PRECOMMIT),
+        (4, 9, 3),
+    ]:
         with pytest.raises(DoubleSignRefused, match="before the last"):
             guard.sign(height, round, step, A, b"message")
     # Forward is fine: a later round, then a later height.

@@ -84,7 +84,8 @@ def test_node_run_stops_cleanly_on_signal(node_home, signum):
     process = start_node(node_home)
     try:
         wait_for(lambda: api_status(url) is not None, START_TIMEOUT_S, "the API")
-        assert api_status(url)["chain_id"] == "perk-run-1"
+        answer = api_status(url)
+        assert answer["chain_id"] == "perk-run-1"
         process.send_signal(signum)
         output, _ = process.communicate(timeout=20)
     finally:
@@ -95,11 +96,12 @@ def test_node_run_stops_cleanly_on_signal(node_home, signum):
     assert "node stopped" in output
     assert "Traceback" not in output
 
-    # The database was closed properly: it opens again at once, same chain.
+    # The database was closed properly: it opens again at once, on the same
+    # chain, with every block the node reported.
     genesis = load_genesis(node_home / "genesis.json")
     store = Store(load_config(node_home).data_dir, genesis)
     try:
-        assert store.height == 0
+        assert store.height >= answer["height"]
         assert store.genesis_hash == genesis.hash
     finally:
         store.close()
@@ -169,7 +171,7 @@ def test_devnet_up_status_down(tmp_path):
         (status,) = listed["nodes"]
         assert status["alive"] is True
         assert status["pid"] == node["pid"]
-        assert status["height"] == 0
+        assert isinstance(status["height"], int)
         answer = api_status(node["api"])
         assert answer["chain_id"] == "perk-devnet-1"
         assert answer["genesis_hash"] == genesis.hash.hex()
@@ -195,7 +197,7 @@ def test_devnet_up_status_down(tmp_path):
 def check_typed_errors_of_a_real_node(url: str) -> None:
     with Client(url) as api:
         with pytest.raises(NotFound) as missing:
-            api.block("latest")  # nothing committed yet
+            api.block(10**15)
         assert (missing.value.status, missing.value.code) == (404, "unknown_block")
         with pytest.raises(BadRequest) as bad_address:
             api.account("perk1notanaddress")

@@ -640,16 +640,6 @@ def test_random_keys_and_signatures_are_bad_signature(signer, signature) -> None
 # --- block size ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "state/execute.py:184-203: build_block admits every admissible candidate "
-        "with no MAX_BLOCK_TXS (or MAX_BLOCK_BYTES) limit, so given more than "
-        "MAX_BLOCK_TXS candidates it builds a block that decode_block "
-        "(state/block.py:126) refuses, i.e. one no peer can receive; node/config.py "
-        "does not bound mempool.max_block_txs either"
-    ),
-)
 def test_built_block_always_decodes(chain: Chain) -> None:
     exp = chain.exp
     # Admissible transfers from an empty account: refused by the ledger, cheap.

@@ -216,25 +216,15 @@ def test_refused_forms(data: bytes) -> None:
         decode(data, 100)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "state/codec.py:55-57: max_map_len=0 and max_ext_len=0 only bound the "
-        "*length*, so an empty map (0x80), a zero-length ext (0xc7 0x00 t) and "
-        "nil (0xc0) unpack and re-encode identically and decode() returns {}, "
-        "ExtType or None, although the module promises arrays, ints, bytes, str "
-        "and bools only ('no maps ... The decoder enforces that')"
-    ),
-)
 @pytest.mark.parametrize("data", [b"\x80", b"\x91\x80", b"\xc7\x00\x05", b"\xc0"])
 def test_decode_refuses_empty_map_ext_and_nil(data: bytes) -> None:
     with pytest.raises(DecodeError):
         decode(data, 100)
 
 
-def test_float64_passes_decode_but_no_schema() -> None:
-    # Documented: a float64 survives the re-encoding test; the schemas stop it.
-    assert decode(float64(1.5), 16) == 1.5
+def test_float64_is_refused_by_decode_and_by_schemas() -> None:
+    with pytest.raises(DecodeError):
+        decode(float64(1.5), 16)
     header = [1, CHAIN, 1.5, 0, *([b"\0" * 32] * 5), b"\0" * 32]
     with pytest.raises(DecodeError):
         decode_header(encode(header))
@@ -579,15 +569,6 @@ def test_receipt_refusals() -> None:
             decode_receipts(encode(wire))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "state/block.py:177: Receipt.from_wire calls Code(...) on the decoded "
-        "number, so an unknown code (e.g. 99) raises a plain ValueError "
-        "('99 is not a valid Code') instead of DecodeError like every other "
-        "malformed receipt"
-    ),
-)
 def test_receipt_with_unknown_code_is_a_decode_error() -> None:
     with pytest.raises(DecodeError):
         decode_receipts(encode([[99, []]]))
