@@ -94,6 +94,7 @@ class ConsensusEngine:
         timeouts: TimeoutConfig,
         wal: WriteAheadLog | None,
         logger: logging.Logger | None = None,
+        faults: Faults | None = None,
     ):
         self.chain_id = chain_id
         self.app = app
@@ -101,7 +102,7 @@ class ConsensusEngine:
         self.timeouts = timeouts
         self.wal = wal
         self.log = logger or logging.getLogger("consensus")
-        self.faults = Faults()
+        self.faults = faults or Faults()  # test-only switches, see consensus.outbox
         self._outbox = Outbox(broadcast, self.faults, self.log)
         self._me = signer.public_key if signer is not None else None
         self._state: HeightState | None = None

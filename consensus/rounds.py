@@ -68,6 +68,13 @@ class VoteSet:
     def total(self) -> int:
         return len(self.votes)
 
+    def quorum_for(self, quorum: int) -> bytes | None:
+        """The block (not nil) that `quorum` validators voted for, if any."""
+        for block_hash, count in self._tally.items():
+            if count >= quorum and block_hash != NIL:
+                return block_hash
+        return None
+
     def for_block(self, block_hash: bytes) -> list[Vote]:
         return [v for v in self.votes.values() if v.block_hash == block_hash]
 

@@ -72,10 +72,14 @@ def next_action(
     r = s.round
 
     # Upon PROPOSAL(h, r', v) and 2f+1 PRECOMMIT(h, r', id(v)), in any round
-    # r', with v valid: decide v.
-    for pr, (_, block) in sorted(s.proposals.items()):
-        if s.count(PRECOMMIT, pr, block.hash) >= s.quorum and valid(block):
-            return Decide(pr, block)
+    # r', with v valid: decide v. The block may come from the proposal of any
+    # round (a re-proposal carries the same block), since the precommits alone
+    # make it final.
+    blocks = {block.hash: block for _, block in s.proposals.values()}
+    for pr, precommits in sorted(s.precommits.items()):
+        decided = precommits.quorum_for(s.quorum)
+        if decided in blocks and valid(blocks[decided]):
+            return Decide(pr, blocks[decided])
 
     entry = s.proposals.get(r)
     if s.step == Step.PROPOSE and entry is not None:

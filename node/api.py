@@ -86,7 +86,13 @@ async def send_problem(request: web.Request, error: ApiError) -> web.StreamRespo
 # --- formats -------------------------------------------------------------------------
 
 
-def reply(request: web.Request, doc: Any, status: int = 200, headers=None):
+def reply(
+    request: web.Request,
+    doc: Any,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """`doc` as JSON, or as msgpack when the client's Accept prefers it."""
     if views.prefers_msgpack(request.headers.get("Accept", "")):
         body, content_type = msgpack.packb(doc, use_bin_type=True), MSGPACK
     else:
@@ -185,7 +191,10 @@ async def wait_final(
     return node.tx_status(tx_hash)
 
 
-def final_reply(request: web.Request, tx_hash: bytes, final: TxStatus | None):
+def final_reply(
+    request: web.Request, tx_hash: bytes, final: TxStatus | None
+) -> web.Response:
+    """The answer to a submission that waited: committed, refused or pending."""
     hash_hex = tx_hash.hex()
     if final is None:
         detail = "the transaction left the mempool uncommitted (it expired)"

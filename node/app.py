@@ -154,4 +154,3 @@ class LedgerApp:
     def _observe_execution(self, started: float) -> None:
         if self.metrics is not None:
             self.metrics.block_execution.observe(time.perf_counter() - started)
-

@@ -50,6 +50,7 @@ from node.config import (
     P2PSection,
     write_node_key,
 )
+from node.devnet import DEFAULT_AUDITORS, DEFAULT_VALIDATORS
 from state.address import AddressError
 from state.genesis import GenesisError, parse_genesis
 
@@ -292,8 +293,12 @@ def add_devnet_parser(commands: argparse._SubParsersAction) -> None:
     sub.required = True
     p = sub.add_parser("up", help="create or restart it", parents=[json_parent()])
     p.add_argument("--home", required=True, metavar="DIR")
-    p.add_argument("--validators", type=positive_int, default=1, metavar="N")
-    p.add_argument("--auditors", type=non_negative_int, default=0, metavar="M")
+    p.add_argument(
+        "--validators", type=positive_int, default=DEFAULT_VALIDATORS, metavar="N"
+    )
+    p.add_argument(
+        "--auditors", type=non_negative_int, default=DEFAULT_AUDITORS, metavar="M"
+    )
     p.add_argument("--chain-id", default="perk-devnet-1", metavar="ID")
     p.add_argument(
         "--timeout", type=positive_float, default=30.0, metavar="S",
@@ -349,6 +354,11 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_UNREACHABLE if busy else EXIT_REFUSED
     except (ConfigError, GenesisError, AddressError, KeystoreError) as exc:
         out.error(str(exc))
+        return EXIT_USAGE
+    except OSError as exc:
+        # A file or folder named on the command line that cannot be used.
+        where = f"{exc.filename}: " if exc.filename else ""
+        out.error(f"{where}{exc.strerror or exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         out.error("interrupted")

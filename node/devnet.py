@@ -11,7 +11,8 @@
 
 Validators are v1, v2, ...; auditors a1, a2, .... Each node listens on free
 127.0.0.1 ports and knows every validator as a peer by key, address and
-certificate; validators accept the auditors as observers.
+certificate; validators accept the auditors as observers without dialling
+them.
 
 `down` signals exactly the recorded processes, after checking that each pid
 still runs a node of this devnet (its command line names the node's home), so
@@ -60,17 +61,18 @@ ADMIN_WALLET = "admin"
 NODE_LOG = "node.log"
 DEFAULT_CHAIN_ID = "perk-devnet-1"
 HOST = "127.0.0.1"
-# Several validators and auditors need consensus and peer links between node
-# processes; until those are wired, a devnet is one validator.
-SUPPORTED_VALIDATORS = 1
-SUPPORTED_AUDITORS = 0
+DEFAULT_VALIDATORS = 4
+DEFAULT_AUDITORS = 1
+# Genesis allows at most this many validators; a devnet also keeps auditors few.
+MAX_DEVNET_VALIDATORS = 32
+MAX_DEVNET_AUDITORS = 8
 # Short intervals so a devnet commits (and a test sees it) quickly.
 BLOCK_INTERVAL_MS = 500
 HEARTBEAT_MS = 2000
 LOG_TAIL_LINES = 20
-# `up` returns once every node reports at least this height. Nodes do not
-# commit blocks on their own yet, so an answering API is the bar for now.
-READY_HEIGHT = 0
+# `up` returns once every node reports at least this height: the network
+# commits blocks, and every node (auditors included) follows them.
+READY_HEIGHT = 1
 
 
 class DevnetError(Exception):
@@ -154,11 +156,10 @@ def restart(root: Path, timeout: float) -> dict:
 def check_sizes(validators: int, auditors: int) -> None:
     if validators < 1 or auditors < 0:
         raise DevnetError("a devnet needs at least one validator", usage=True)
-    if validators > SUPPORTED_VALIDATORS or auditors > SUPPORTED_AUDITORS:
+    if validators > MAX_DEVNET_VALIDATORS or auditors > MAX_DEVNET_AUDITORS:
         raise DevnetError(
-            f"devnets are limited to {SUPPORTED_VALIDATORS} validator and "
-            f"{SUPPORTED_AUDITORS} auditors for now: more nodes need multi-node "
-            "consensus, which is not available yet",
+            f"a devnet has at most {MAX_DEVNET_VALIDATORS} validators and "
+            f"{MAX_DEVNET_AUDITORS} auditors",
             usage=True,
         )
 
@@ -233,22 +234,16 @@ def write_certificate(home: Path, seed: bytes) -> None:
 
 
 def node_config(plan: NodePlan, plans: list[NodePlan]) -> Config:
-    # Every node dials the validators; only validators accept observers.
-    peers = [
-        PeerEntry(
-            key=other.address,
-            host=HOST,
-            port=other.p2p_port,
-            cert=f"../{other.name}/{NODE_CERT_FILE}",
-        )
-        for other in plans
-        if other.kind == "validator" and other is not plan
-    ]
-    observers = (
-        [p.address for p in plans if p.kind == "auditor"]
-        if plan.kind == "validator"
-        else []
-    )
+    """Full mesh between validators; auditors dial the validators, which accept
+    them as observers but never dial them (an empty host and port 0), as an
+    auditor behind a firewall would be set up."""
+    others = [p for p in plans if p is not plan]
+    peers = [peer_entry(p, dial=True) for p in others if p.kind == "validator"]
+    observers = []
+    if plan.kind == "validator":
+        auditors = [p for p in others if p.kind == "auditor"]
+        peers += [peer_entry(p, dial=False) for p in auditors]
+        observers = [p.address for p in auditors]
     return Config(
         node=NodeSection(name=plan.name, kind=plan.kind),
         api=ApiSection(host=HOST, port=plan.api_port),
@@ -257,6 +252,17 @@ def node_config(plan: NodePlan, plans: list[NodePlan]) -> Config:
             block_interval_ms=BLOCK_INTERVAL_MS, heartbeat_ms=HEARTBEAT_MS
         ),
         home=plan.home,
+    )
+
+
+def peer_entry(peer: NodePlan, dial: bool) -> PeerEntry:
+    # The certificate is the TLS pin; its path is relative to the home folder,
+    # so the devnet folder can be moved as a whole.
+    return PeerEntry(
+        key=peer.address,
+        host=HOST if dial else "",
+        port=peer.p2p_port if dial else 0,
+        cert=f"../{peer.name}/{NODE_CERT_FILE}",
     )
 
 

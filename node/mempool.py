@@ -117,9 +117,7 @@ class Mempool:
         """Drop committed and expired transactions; return how many expired."""
         for tx in committed:
             self._remove(tx.hash)
-        expired = [
-            h for h, tx in self._txs.items() if tx.expires_at <= now_s
-        ]
+        expired = [h for h, tx in self._txs.items() if tx.expires_at <= now_s]
         for tx_hash in expired:
             self._remove(tx_hash)
         if expired:

@@ -6,6 +6,7 @@ their figures apart. Served at /metrics by the API.
 
 from __future__ import annotations
 
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -13,7 +14,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
                     5, 10, 30)  # fmt: skip

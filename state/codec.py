@@ -31,10 +31,12 @@ def encode(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
-def decode(data: bytes, max_bytes: int) -> Any:
+def decode(data: bytes, max_bytes: int, check_value_types: bool = True) -> Any:
     """Decode canonical msgpack, refusing anything over `max_bytes` or not canonical.
 
-    Raises DecodeError and nothing else, whatever the input.
+    Raises DecodeError and nothing else, whatever the input. A caller that runs
+    its own schema first (to name the offending field) passes
+    check_value_types=False and calls check_types after its schema.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError("input is not bytes")
@@ -60,7 +62,8 @@ def decode(data: bytes, max_bytes: int) -> Any:
         raise DecodeError(f"not valid msgpack: {type(exc).__name__}") from None
 
     # Only arrays, integers, booleans, bytes and text are allowed anywhere.
-    check_types(value)
+    if check_value_types:
+        check_types(value)
 
     # The re-encoding test catches every alternative spelling at once.
     try:

@@ -33,6 +33,7 @@ from state.codec import (
     check_bool,
     check_bytes,
     check_text,
+    check_types,
     check_uint,
     decode,
     encode,
@@ -254,7 +255,7 @@ def decode_tx(raw: bytes) -> Transaction:
     check_admission, so that each failure reports its own code.
     """
     try:
-        value = decode(raw, MAX_TX_BYTES)
+        value = decode(raw, MAX_TX_BYTES, check_value_types=False)
         check_array(value, 7, "transaction")
         version = check_uint(value[0], "version")
         if version != TX_VERSION:
@@ -269,6 +270,7 @@ def decode_tx(raw: bytes) -> Transaction:
         expires_at = check_uint(value[4], "expires_at")
         payload = PAYLOAD_PARSERS[kind](value[5])
         signature = check_bytes(value[6], "signature", SIGNATURE_BYTES)
+        check_types(value)
     except DecodeError as exc:
         raise TxRejected(Code.MALFORMED, str(exc)) from None
     raw = bytes(raw)

@@ -148,6 +148,15 @@ def test_missing_arguments_are_usage_errors(tmp_path):
     assert result.returncode == 2
     assert "required" in result.stderr
 
+    key = Keypair.generate().address
+    unwritable = tmp_path / "missing-folder" / "g.json"
+    result = perk(
+        "genesis", "--out", str(unwritable), "--chain-id", "c",
+        "--validator", f"v1={key}", "--admin", key,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "No such file or directory" in one_line_error(result)
+
 
 # --- wallet ---------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from consensus.messages import (
     decode_vote,
     encode_commit_message,
 )
+from consensus.outbox import Faults
 from consensus.signer import SignerGuard
 from consensus.timeouts import TimeoutConfig
 from consensus.wal import WriteAheadLog
@@ -273,6 +274,7 @@ class Node:
             else None
         )
         self.wal = WriteAheadLog(self.home / "consensus.wal")
+        self.faults = Faults()  # shared by every engine this node runs
         self.engine: ConsensusEngine | None = None
 
     def new_engine(self) -> ConsensusEngine:
@@ -284,13 +286,14 @@ class Node:
             self.cluster.timeouts,
             self.wal,
             logging.getLogger(f"consensus.n{self.index}"),
+            self.faults,
         )
         return self.engine
 
-    async def start(self) -> None:
+    async def start(self, start_height: int | None = None) -> None:
         engine = self.new_engine()
         self.cluster.network.engines[self.index] = engine
-        await engine.start()
+        await engine.start(start_height)
 
     async def stop(self) -> None:
         self.cluster.network.engines.pop(self.index, None)

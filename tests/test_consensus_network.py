@@ -171,6 +171,42 @@ async def test_invalid_proposal_gets_nil_prevotes_and_the_round_moves_on(tmp_pat
         cluster.assert_no_errors()
 
 
+async def test_proposal_dated_too_far_ahead_gets_nil_prevotes(tmp_path):
+    # Validator 1's clock runs 10 s fast; the others allow 5 s of drift.
+    async with Cluster(tmp_path, n=4, skews={1: 10_000}) as cluster:
+        await cluster.start()
+        await cluster.wait_height(2)
+        cluster.assert_no_fork()
+        assert cluster.certificate(0, 1).round == 1
+        assert cluster.block(0, 1).header.proposer == VALIDATOR_KEYS[2].public_key
+        for i in (0, 2, 3):
+            round0 = [
+                v
+                for v in cluster.network.votes_by(i)
+                if v.vote_type == PREVOTE and (v.height, v.round) == (1, 0)
+            ]
+            assert {v.block_hash for v in round0} == {NIL}
+        cluster.assert_no_errors()
+
+
+async def test_fault_switches_drop_outbound_votes_and_proposals(tmp_path):
+    async with Cluster(tmp_path, n=4) as cluster:
+        # Validator 3 votes but nobody hears it; validator 1, proposer of
+        # (1, 0), proposes but nobody hears that either.
+        cluster.nodes[3].faults.drop_outbound_votes = True
+        cluster.nodes[1].faults.drop_outbound_proposals = True
+        await cluster.start()
+        await cluster.wait_height(3)
+        cluster.assert_no_fork()
+        assert not cluster.network.votes_by(3)
+        assert not [s for s, t, _ in cluster.network.sent if s == 1 and t == "proposal"]
+        assert cluster.certificate(0, 1).round == 1
+        silent = VALIDATOR_KEYS[3].public_key
+        for height in range(1, 4):
+            assert silent not in cluster.certificate(0, height).validators
+        cluster.assert_no_errors()
+
+
 async def test_double_signing_is_reported_and_no_fork(tmp_path):
     async with Cluster(tmp_path, n=4) as cluster:
         byzantine = VALIDATOR_KEYS[0]
@@ -255,6 +291,23 @@ async def test_read_only_follower_commits_without_voting(tmp_path):
         cluster.assert_no_fork()
         assert not [s for s, t, _ in cluster.network.sent if s == 4 and t != "commit"]
         assert cluster.nodes[4].engine.status().signing is False
+        cluster.assert_no_errors()
+
+
+async def test_validator_signs_only_from_its_start_height(tmp_path):
+    async with Cluster(tmp_path, n=4) as cluster:
+        await cluster.start([0, 1, 2])
+        # As after losing its signer state: follow first, sign from height 3.
+        await cluster.nodes[3].start(start_height=3)
+        await cluster.wait_height(5)
+        cluster.assert_no_fork()
+        heights = {v.height for v in cluster.network.votes_by(3)}
+        assert heights and min(heights) >= 3
+        assert not [
+            p
+            for p in cluster.network.proposals()
+            if p.height < 3 and p.proposer == VALIDATOR_KEYS[3].public_key
+        ]
         cluster.assert_no_errors()
 
 

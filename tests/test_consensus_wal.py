@@ -138,9 +138,9 @@ async def test_restarted_validator_keeps_its_lock(tmp_path):
 
 async def test_validator_killed_between_signing_and_sending(tmp_path):
     async with Cluster(tmp_path, n=4) as cluster:
-        await cluster.start()
         node = cluster.nodes[0]
-        node.engine.faults.halt_after_sign = True
+        node.faults.halt_after_sign = True
+        await cluster.start()
         await wait_for(lambda: not node.engine.status().running)
         signed = node.signer.last
         assert signed is not None and signed.height == 1
@@ -148,6 +148,7 @@ async def test_validator_killed_between_signing_and_sending(tmp_path):
         assert not cluster.network.votes_by(0)
 
         await node.stop()
+        node.faults.halt_after_sign = False
         await node.start()
         await cluster.wait_height(3)
         cluster.assert_no_fork()

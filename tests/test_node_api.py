@@ -155,7 +155,7 @@ async def test_balances_lots_and_history_pages(api: Harness):
             assert (await api.submit(api.award(C1, amount))).status == 202
         api.produce_block()
     transfer = builders.transfer(C1, CHAIN, api.exp, C2.address, 250, "lunch")
-    assert (await api.submit(transfer, "?wait=true&timeout=0.01")).status == 202
+    assert (await api.submit(transfer)).status == 202
     api.produce_block()
 
     earned = sum(coins(a) for a in amounts)
