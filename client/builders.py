@@ -22,7 +22,7 @@ memo or expiry, or the second is a duplicate.
 from __future__ import annotations
 
 from client.keys import PUBLIC_KEY_BYTES, Keypair, parse_address
-from state.tx import Kind, TxRejected, build_signed, decode_tx
+from state.tx import Kind, TxRejected, ValidatorAction, build_signed, decode_tx
 
 __all__ = [
     "AccountRef",
@@ -33,6 +33,8 @@ __all__ = [
     "set_account_frozen",
     "transfer",
     "update_merchant",
+    "validator_vote",
+    "report_evidence",
 ]
 
 # An account named by its raw public key or by its address.
@@ -122,6 +124,30 @@ def transfer(
     """Send `amount` coins from the key's account to `to`."""
     payload = [account_key(to, "to"), amount, memo]
     return sign_transaction(key, chain_id, Kind.TRANSFER, expires_at, payload)
+
+
+def validator_vote(
+    key: Keypair,
+    chain_id: str,
+    expires_at: int,
+    action: ValidatorAction,
+    validator: AccountRef,
+    name: str,
+    effective_height: int,
+) -> bytes:
+    """A validator's vote to add (with its name) or remove `validator` from
+    `effective_height` on; more than two thirds of the validators must agree."""
+    payload = [int(action), account_key(validator, "validator"), name, effective_height]
+    return sign_transaction(key, chain_id, Kind.VALIDATOR_VOTE, expires_at, payload)
+
+
+def report_evidence(
+    key: Keypair, chain_id: str, expires_at: int, evidence: bytes
+) -> bytes:
+    """Put evidence of a double signature (two conflicting votes) on chain."""
+    return sign_transaction(
+        key, chain_id, Kind.REPORT_EVIDENCE, expires_at, [bytes(evidence)]
+    )
 
 
 def account_key(value: AccountRef, name: str) -> bytes:

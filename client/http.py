@@ -219,6 +219,16 @@ class AsyncClient:
             raise ValueError(f"block height must be >= 1 or 'latest', not {height!r}")
         return await self.request("GET", f"/v1/blocks/{height}")
 
+    async def raw_block(self, height: int) -> tuple[bytes, bytes]:
+        """The canonical bytes of the block at `height` and of its commit."""
+        if type(height) is not int or height < 1:
+            raise ValueError(f"block height must be >= 1, not {height!r}")
+        doc = await self.request("GET", f"/v1/blocks/{height}/raw")
+        return bytes.fromhex(doc["block"]), bytes.fromhex(doc["commit"])
+
+    async def evidence(self) -> dict:
+        return await self.request("GET", "/v1/evidence")
+
     async def account(
         self, address: str, limit: int | None = None, cursor: str | None = None
     ) -> dict:
@@ -464,6 +474,12 @@ class Client:
 
     def block(self, height: int | str = "latest") -> dict:
         return self._run(self._api.block(height))
+
+    def raw_block(self, height: int) -> tuple[bytes, bytes]:
+        return self._run(self._api.raw_block(height))
+
+    def evidence(self) -> dict:
+        return self._run(self._api.evidence())
 
     def account(
         self, address: str, limit: int | None = None, cursor: str | None = None

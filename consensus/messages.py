@@ -49,8 +49,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import nacl.bindings
-import nacl.exceptions
 
 from state.block import HASH_BYTES, MAX_BLOCK_BYTES, Block, decode_block
 from state.codec import (
@@ -63,12 +61,15 @@ from state.codec import (
 )
 from state.genesis import MAX_VALIDATORS
 from state.tx import KEY_BYTES, SIGNATURE_BYTES
+from state.votes import (
+    PRECOMMIT,
+    PREVOTE,
+    signature_ok,
+    vote_sign_bytes,
+)
 
-VOTE_DOMAIN = b"perkchain/vote/v1\x00"
 PROPOSAL_DOMAIN = b"perkchain/proposal/v1\x00"
 
-PREVOTE = 1
-PRECOMMIT = 2
 VOTE_TYPE_NAMES = {PREVOTE: "prevote", PRECOMMIT: "precommit"}
 NIL = b""
 
@@ -120,19 +121,6 @@ def short(block_hash: bytes) -> str:
 # --- signatures --------------------------------------------------------------------
 
 
-def vote_sign_bytes(
-    chain_id: str,
-    vote_type: int,
-    height: int,
-    round: int,
-    block_hash: bytes,
-    validator: bytes,
-) -> bytes:
-    return VOTE_DOMAIN + encode(
-        [chain_id, vote_type, height, round, block_hash, validator]
-    )
-
-
 def proposal_sign_bytes(
     chain_id: str,
     height: int,
@@ -144,14 +132,6 @@ def proposal_sign_bytes(
     return PROPOSAL_DOMAIN + encode(
         [chain_id, height, round, pol_round, block_hash, proposer]
     )
-
-
-def signature_ok(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    try:
-        nacl.bindings.crypto_sign_open(signature + message, public_key)
-    except (nacl.exceptions.CryptoError, ValueError, TypeError):
-        return False
-    return True
 
 
 # --- field checks ------------------------------------------------------------------

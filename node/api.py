@@ -283,6 +283,25 @@ async def block_at_height(request: web.Request) -> web.Response:
     return reply(request, block_doc(node_of(request), height))
 
 
+async def raw_block_at_height(request: web.Request) -> web.Response:
+    """The block and its commit certificate as stored: what an auditor verifies."""
+    query(request)
+    height = views.parse_height(request.match_info["height"])
+    store = node_of(request).store
+    block, commit = store.block_bytes(height), store.commit_bytes(height)
+    if block is None or commit is None:
+        detail = f"no block at height {height}; the latest is {store.height}"
+        raise ApiError("unknown_block", detail, height=height)
+    return reply(
+        request, {"height": height, "block": block.hex(), "commit": commit.hex()}
+    )
+
+
+async def evidence(request: web.Request) -> web.Response:
+    query(request)
+    return reply(request, views.evidence_view(node_of(request).store))
+
+
 async def account(request: web.Request) -> web.Response:
     key = views.parse_address_text(request.match_info["address"])
     params = query(request, "limit", "cursor")
@@ -602,6 +621,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/transactions/{hash}", transaction),
     ("GET", "/v1/blocks/latest", latest_block),
     ("GET", "/v1/blocks/{height}", block_at_height),
+    ("GET", "/v1/blocks/{height}/raw", raw_block_at_height),
+    ("GET", "/v1/evidence", evidence),
     ("GET", "/v1/accounts/{address}", account),
     ("GET", "/v1/merchants/{address}", merchant),
     ("GET", "/v1/validators", validators),

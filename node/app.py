@@ -52,6 +52,7 @@ class LedgerApp:
         self.sync_target = 0
         self.on_sync_needed: Callable[[int], None] | None = None
         self.on_evidence: Callable[[object], None] | None = None
+        self.on_validators_changed: Callable[[], None] | None = None
 
     # --- what the engine reads ---
 
@@ -115,8 +116,17 @@ class LedgerApp:
         commit_bytes = (
             certificate if isinstance(certificate, bytes) else certificate.encode()
         )
+        validators_before = self.store.validators_hash
         self.store.commit_block(block, commit_bytes, result)
         self._results.clear()
+        if self.store.validators_hash != validators_before:
+            log.info(
+                "validator set changed height=%d validators=%d",
+                block.height,
+                len(self.store.validators),
+            )
+            if self.on_validators_changed is not None:
+                self.on_validators_changed()
         self.mempool.update(result.txs, block.header.time_s)
 
         log.debug(
@@ -134,7 +144,7 @@ class LedgerApp:
         )
 
     def report_evidence(self, evidence) -> None:
-        log.warning("double signing detected evidence=%s", evidence)
+        log.warning("double signing detected %s", evidence.describe())
         if self.on_evidence is not None:
             self.on_evidence(evidence)
 

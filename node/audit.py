@@ -6,19 +6,22 @@ For every block, in order, the audit checks:
   first block's is the genesis hash);
 - the commit certificate: a quorum of the validator set of that height signed
   a precommit for exactly this block hash;
-- every transaction signature (nothing is cached from elsewhere);
+- every transaction signature (nothing is taken from a cache);
 - every root: the transactions are re-executed into a fresh ledger, and the
   recomputed tx root, state root and results root must equal the header's.
 
 At the end the state root reached by replay is compared with the root the node
-reports. The fresh ledger lives in a temporary folder that is removed after.
+reports. The fresh ledger lives in a temporary folder, removed afterwards.
+Blocks come from a node's own database (`--home`, node stopped) or from its
+HTTP API (`--api`), fetched ahead in parallel while earlier ones replay.
 """
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from consensus.messages import decode_certificate
@@ -28,8 +31,7 @@ from state.execute import Executor, InvalidBlock
 from state.genesis import Genesis
 from state.store import Store
 
-# fetch(height) -> (block bytes, commit certificate bytes)
-BlockSource = Callable[[int], tuple[bytes, bytes]]
+API_PREFETCH = 32
 
 
 @dataclass
@@ -59,84 +61,106 @@ class AuditReport:
         self.failures.append(message)
 
 
-def audit_chain(
-    genesis: Genesis,
-    fetch: BlockSource,
-    tip: int,
-    expected_state_root: bytes | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> AuditReport:
-    """Replay blocks 1..tip from `fetch` into a fresh ledger, checking everything."""
-    report = AuditReport()
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="perk-audit-") as tmp:
-        store = Store(tmp, genesis)
+class Auditor:
+    """Replays blocks one by one into a fresh ledger, checking each."""
+
+    def __init__(self, genesis: Genesis):
+        self._folder = tempfile.mkdtemp(prefix="perk-audit-")
+        self.store = Store(self._folder, genesis)
+        # A fresh executor has an empty signature cache: every signature is
+        # verified.
+        self.executor = Executor(self.store)
+        self.report = AuditReport()
+        self._started = time.perf_counter()
+
+    def close(self) -> None:
+        self.store.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def check(self, height: int, block_bytes: bytes, commit_bytes: bytes) -> bool:
+        """Verify and apply the block at `height`; False (and a failure) if bad."""
+        report = self.report
         try:
-            replay(store, fetch, tip, report, progress)
-            report.state_root = store.state_root.hex()
-        finally:
-            store.close()
-    report.seconds = time.perf_counter() - started
-
-    if expected_state_root is not None:
-        report.expected_state_root = expected_state_root.hex()
-        if report.ok and report.state_root != report.expected_state_root:
-            report.fail(
-                f"replayed state root {report.state_root[:16]} differs from the "
-                f"node's {report.expected_state_root[:16]}"
-            )
-    return report
-
-
-def replay(
-    store: Store,
-    fetch: BlockSource,
-    tip: int,
-    report: AuditReport,
-    progress: Callable[[int], None] | None,
-) -> None:
-    # A fresh executor has an empty signature cache: every signature is checked.
-    executor = Executor(store)
-    for height in range(1, tip + 1):
-        try:
-            block_bytes, commit_bytes = fetch(height)
             block = decode_block(block_bytes)
             certificate = decode_certificate(commit_bytes)
-        except (DecodeError, LookupError, ValueError) as exc:
+        except (DecodeError, ValueError) as exc:
             report.fail(f"height {height}: cannot read block or commit: {exc}")
-            return
+            return False
 
-        validators = [key for _, key in store.validators]
+        validators = [key for _, key in self.store.validators]
         try:
             if certificate.height != height or certificate.block_hash != block.hash:
-                raise ValueError("certificate is for another block")
-            certificate.verify(store.chain_id, validators)
+                raise ValueError("the certificate is for another block")
+            certificate.verify(self.store.chain_id, validators)
         except ValueError as exc:
             report.fail(f"height {height}: commit certificate invalid: {exc}")
-            return
+            return False
 
         try:
-            result = executor.execute_block(block)
+            result = self.executor.execute_block(block)
         except InvalidBlock as exc:
             report.fail(f"height {height}: {exc.reason}")
-            return
-        store.commit_block(block, commit_bytes, result)
+            return False
+        self.store.commit_block(block, commit_bytes, result)
 
         report.blocks += 1
         report.commits += 1
         report.transactions += len(block.txs)
         report.signatures += len(block.txs) + len(certificate.signatures)
-        if progress is not None:
-            progress(height)
+        return True
+
+    def finish(self, expected_state_root: bytes | None) -> AuditReport:
+        report = self.report
+        report.seconds = time.perf_counter() - self._started
+        report.state_root = self.store.state_root.hex()
+        if expected_state_root is not None:
+            report.expected_state_root = expected_state_root.hex()
+            if report.ok and report.state_root != report.expected_state_root:
+                report.fail(
+                    f"replayed state root {report.state_root[:16]} differs from "
+                    f"the node's {report.expected_state_root[:16]}"
+                )
+        return report
 
 
-def blocks_from_store(store: Store) -> BlockSource:
-    """A block source over a node's own (stopped) database."""
+def audit_store(genesis: Genesis, store: Store) -> AuditReport:
+    """Audit a node's own database (the node must be stopped)."""
+    auditor = Auditor(genesis)
+    try:
+        for height in range(1, store.height + 1):
+            block, commit = store.block_bytes(height), store.commit_bytes(height)
+            if block is None or commit is None:
+                auditor.report.fail(f"height {height} is missing from the database")
+                break
+            if not auditor.check(height, block, commit):
+                break
+        return auditor.finish(store.state_root)
+    finally:
+        auditor.close()
 
-    def fetch(height: int) -> tuple[bytes, bytes]:
-        block, commit = store.block_bytes(height), store.commit_bytes(height)
-        if block is None or commit is None:
-            raise LookupError(f"height {height} is not in the database")
-        return block, commit
 
-    return fetch
+async def audit_api(genesis: Genesis, api) -> AuditReport:
+    """Audit through a node's HTTP API (`client.http.AsyncClient`)."""
+    status = await api.status()
+    if status["chain_id"] != genesis.chain_id:
+        report = AuditReport()
+        report.fail(f"the node serves chain {status['chain_id']!r}, not ours")
+        return report
+    tip = status["height"]
+    expected = bytes.fromhex(status["state_root"])
+
+    auditor = Auditor(genesis)
+    fetches: dict[int, asyncio.Task] = {}
+    try:
+        for height in range(1, tip + 1):
+            for ahead in range(height, min(height + API_PREFETCH, tip + 1)):
+                if ahead not in fetches:
+                    fetches[ahead] = asyncio.ensure_future(api.raw_block(ahead))
+            block, commit = await fetches.pop(height)
+            if not auditor.check(height, block, commit):
+                break
+        return auditor.finish(expected)
+    finally:
+        for task in fetches.values():
+            task.cancel()
+        auditor.close()

@@ -24,6 +24,7 @@ from pathlib import Path
 from client.http import ApiError, NodeUnreachable, TooManyRequests, Unavailable
 from client.keys import Keypair
 from client.keystore import KeystoreError
+from node.cli_audit import add_audit_parser
 from node.cli_chain import add_chain_parsers
 from node.cli_common import (
     EXIT_OK,
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_wallet_parsers(commands)
     add_chain_parsers(commands)
     add_bench_parser(commands)
+    add_audit_parser(commands)
     return parser
 
 

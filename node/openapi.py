@@ -82,6 +82,11 @@ TX_CODES: dict[Code, str] = {
     Code.TRANSFERS_DISABLED: "the program does not allow transfers",
     Code.INVALID_RECIPIENT: "awarding or sending to oneself",
     Code.BALANCE_LIMIT: "the recipient's balance would be too large",
+    Code.INVALID_EVIDENCE: "the evidence does not prove a double signature",
+    Code.EVIDENCE_EXISTS: "this double signature is already recorded",
+    Code.ALREADY_VOTED: "this validator already voted for this change",
+    Code.INVALID_VALIDATOR_CHANGE: "the validator-set change is not possible",
+    Code.VALIDATOR_SET_LIMIT: "the change would take the set below its minimum",
 }
 
 
@@ -335,6 +340,29 @@ def schemas(max_batch: int) -> dict[str, Any]:
                 },
             }
         ),
+        "RawBlock": obj(
+            {"height": UINT, "block": ref("Hex"), "commit": ref("Hex")},
+            description="Canonical block bytes and commit certificate bytes.",
+        ),
+        "Evidence": obj(
+            {
+                "height": UINT,
+                "evidence": {
+                    "type": "array",
+                    "items": obj(
+                        {
+                            "validator": ref("Address"),
+                            "height": UINT,
+                            "round": UINT,
+                            "vote_type": {"enum": ["prevote", "precommit"]},
+                            "reported_by": ref("Address"),
+                            "recorded_at_height": UINT,
+                            "evidence": ref("Hex"),
+                        }
+                    ),
+                },
+            }
+        ),
         "BlockEvent": obj(
             {"height": UINT, "hash": hex32, "time_ms": UINT, "txs": UINT},
             description="Data of an `event: block` server-sent event.",
@@ -540,6 +568,19 @@ def paths(max_batch: int, max_body: int) -> dict[str, Any]:
             "BadRequest",
             "NotFound",
             params=(height,),
+        ),
+        "/v1/blocks/{height}/raw": get(
+            "raw_block_at_height",
+            "A block and its commit certificate as canonical bytes (for audits)",
+            ok("The block bytes", "RawBlock"),
+            "BadRequest",
+            "NotFound",
+            params=(height,),
+        ),
+        "/v1/evidence": get(
+            "evidence",
+            "Recorded evidence of double signing by validators",
+            ok("Evidence", "Evidence"),
         ),
         "/v1/accounts/{address}": get(
             "account",

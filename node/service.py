@@ -39,6 +39,7 @@ VERIFY_CHUNK = 256
 # and waits at most this long to sync to them, before it joins consensus.
 DISCOVERY_S = 3.0
 SYNC_BEFORE_SIGNING_S = 120.0
+EVIDENCE_TTL_S = 600
 # Recently refused transactions are remembered so `GET /v1/transactions/{hash}`
 # can say why; bounded, oldest forgotten first.
 MAX_REMEMBERED_REJECTIONS = 10_000
@@ -181,6 +182,8 @@ class Node:
         self.peering = Peering(self, NodeIdentity(self.seed))
         self.network = self.peering.network
         self.app.on_sync_needed = self.peering.sync.request_sync
+        self.app.on_validators_changed = self.network.refresh_allowlist
+        self.app.on_evidence = self.report_evidence
         await self.peering.start()
 
     async def start_consensus(self) -> None:
@@ -318,6 +321,28 @@ class Node:
         """Send transactions admitted from clients to every peer."""
         if self.peering is not None:
             await self.peering.gossip_txs(raws)
+
+    def report_evidence(self, evidence) -> None:
+        """Put evidence of a double signature on chain, signed by this node."""
+        from client import builders
+        from client.keys import Keypair
+
+        expires_at = max(self.clock(), self.store.time_ms) // 1000 + EVIDENCE_TTL_S
+        raw = builders.report_evidence(
+            Keypair.from_seed(self.seed), self.chain_id, expires_at, evidence.encode()
+        )
+        task = asyncio.ensure_future(self.submit_batch([raw]))
+        task.add_done_callback(self._log_evidence_submission)
+
+    @staticmethod
+    def _log_evidence_submission(task: asyncio.Future) -> None:
+        if task.cancelled():
+            return
+        outcome = task.result()[0]
+        if isinstance(outcome, Exception):
+            log.warning("evidence not submitted reason=%r", str(outcome))
+        else:
+            log.info("evidence submitted tx=%s", outcome.tx.hash.hex()[:16])
 
     # --- reads ---
 

@@ -42,6 +42,7 @@ from state.codec import sha256
 from state.codes import Code
 from state.ledger import (
     KEY_PROGRAM,
+    PREFIX_EVIDENCE,
     Account,
     Merchant,
     Program,
@@ -50,6 +51,7 @@ from state.ledger import (
 )
 from state.store import Store
 from state.tx import MAX_TX_BYTES, Transaction, TxRejected
+from state.votes import PREVOTE
 
 if TYPE_CHECKING:
     from node.events import CommittedBlock
@@ -596,6 +598,26 @@ def validators_view(store: Store) -> dict[str, Any]:
             {"name": name, "address": address_of(key)} for name, key in store.validators
         ],
     }
+
+
+def evidence_view(store: Store) -> dict[str, Any]:
+    """Every recorded double signature, oldest key first (state.ledger `se`)."""
+    items = []
+    for key, value in store.db.iterator(prefix=PREFIX_EVIDENCE):
+        evidence, reporter, recorded_at = msgpack.unpackb(value)
+        validator = key[2:34]
+        items.append(
+            {
+                "validator": address_of(validator),
+                "height": int.from_bytes(key[34:42], "big"),
+                "round": int.from_bytes(key[42:46], "big"),
+                "vote_type": "prevote" if key[46] == PREVOTE else "precommit",
+                "reported_by": address_of(reporter),
+                "recorded_at_height": recorded_at,
+                "evidence": evidence.hex(),
+            }
+        )
+    return {"height": store.height, "evidence": items}
 
 
 def account_events(committed: CommittedBlock, key: bytes) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import msgpack
 
 # Limits applied while unpacking, before any schema check: no single string or
 # byte field and no array may be larger than these, whatever the schema says.
-MAX_FIELD_BYTES = 1 << 20
+MAX_FIELD_BYTES = 8 << 20
 MAX_ARRAY_ITEMS = 1 << 16
 
 

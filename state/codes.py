@@ -33,6 +33,11 @@ class Code(IntEnum):
     TRANSFERS_DISABLED = 29
     INVALID_RECIPIENT = 30
     BALANCE_LIMIT = 31
+    INVALID_EVIDENCE = 32
+    EVIDENCE_EXISTS = 33
+    ALREADY_VOTED = 34
+    INVALID_VALIDATOR_CHANGE = 35
+    VALIDATOR_SET_LIMIT = 36
 
     @property
     def slug(self) -> str:

@@ -179,8 +179,10 @@ class Executor:
     def run(self, time_ms: int, txs: list[Transaction]) -> BlockResult:
         """Apply admitted transactions in order; no store writes."""
         view = StateView(self.store.get_state)
-        ledger = Ledger(view, time_ms // 1000)
+        height = self.store.height + 1
+        ledger = Ledger(view, time_ms // 1000, height, self.store.chain_id)
         receipts = [ledger.apply(tx) for tx in txs]
+        ledger.end_block()
         accumulator = self.store.accumulator.copy()
         writes = view.finish(accumulator)
         return BlockResult(

@@ -6,7 +6,8 @@
       "devnet": false,
       "validators": [{"name": "v1", "key": "perk1..."}],
       "admins": ["perk1..."],
-      "program": {"transfers_allowed": true, "utc_offset_minutes": 0},
+      "program": {"transfers_allowed": true, "utc_offset_minutes": 0,
+                  "min_validators": 1},
       "merchants": [{"key": "perk1...", "name": "...", "rate": 10,
                      "daily_cap": 1000000}]
     }
@@ -52,9 +53,11 @@ class GenesisMerchant:
 class Program:
     transfers_allowed: bool = True
     utc_offset_minutes: int = 0
+    # A validator-set change that would leave fewer validators is refused.
+    min_validators: int = 1
 
     def to_wire(self) -> list:
-        return [self.transfers_allowed, self.utc_offset_minutes]
+        return [self.transfers_allowed, self.utc_offset_minutes, self.min_validators]
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Genesis:
             "program": {
                 "transfers_allowed": self.program.transfers_allowed,
                 "utc_offset_minutes": self.program.utc_offset_minutes,
+                "min_validators": self.program.min_validators,
             },
             "merchants": [
                 {
@@ -181,7 +185,7 @@ def parse_genesis(doc: Any) -> Genesis:
         doc.get("program", {}),
         "program",
         set(),
-        {"transfers_allowed", "utc_offset_minutes"},
+        {"transfers_allowed", "utc_offset_minutes", "min_validators"},
     )
     transfers = p.get("transfers_allowed", True)
     if type(transfers) is not bool:
@@ -190,6 +194,9 @@ def parse_genesis(doc: Any) -> Genesis:
         transfers_allowed=transfers,
         utc_offset_minutes=_int(
             p.get("utc_offset_minutes", 0), "program.utc_offset_minutes", -840, 840
+        ),
+        min_validators=_int(
+            p.get("min_validators", 1), "program.min_validators", 1, MAX_VALIDATORS
         ),
     )
 
@@ -207,6 +214,8 @@ def parse_genesis(doc: Any) -> Genesis:
     if len({m.key for m in merchants}) != len(merchants):
         raise GenesisError("merchants: a key is listed twice")
 
+    if program.min_validators > len(validators):
+        raise GenesisError("program.min_validators: more than the genesis validators")
     devnet = doc.get("devnet", False)
     if type(devnet) is not bool:
         raise GenesisError("devnet: expected true or false")

@@ -8,8 +8,16 @@ the ledger starts with b"s" and is covered by the state root:
                                           redeemed, day, issued_on_day]
     so + merchant + order_id   Order     [customer, amount, coins, refunded]
     sp                         Program   [admins, transfers_allowed,
-                                          utc_offset_minutes]
-    sv                         validators [[name, key], ...]
+                                          utc_offset_minutes, min_validators]
+    sv                         validators [[name, key], ...] (proposer order)
+    sw + key                   [name]: every key that ever was a validator
+    sb + height + action + key Ballot    [name, [voter, ...]]: votes so far on
+                                          one validator-set change
+    sq                         approved changes not yet in effect,
+                               [[effective_height, action, key, name], ...]
+    se + key + height + round + type
+                               evidence of double signing [evidence, reporter,
+                                          height recorded]
 
 Coins sit in lots [amount, expires_at, issuer, earned_at]; expires_at 0 means
 the lot never expires. Lots of one account are kept sorted by expiry (never
@@ -29,17 +37,22 @@ import msgpack
 from state.block import Receipt
 from state.codec import encode
 from state.codes import Code
+from state.genesis import MAX_VALIDATORS
 from state.root import Accumulator
 from state.tx import (
     AwardPurchase,
     Kind,
     Redeem,
     RegisterMerchant,
+    ReportEvidence,
     SetAccountFrozen,
     Transaction,
     Transfer,
     UpdateMerchant,
+    ValidatorAction,
+    ValidatorVote,
 )
+from state.votes import EvidenceError, check_double_sign
 
 # No balance may exceed this, so no sum of balances nears the int64 range that
 # other systems reading our exports may use.
@@ -187,15 +200,27 @@ class Order:
 
 
 class Program:
-    __slots__ = ("admins", "transfers_allowed", "utc_offset_minutes")
+    __slots__ = ("admins", "transfers_allowed", "utc_offset_minutes", "min_validators")
 
-    def __init__(self, admins: list[bytes], transfers_allowed: bool, utc_offset: int):
+    def __init__(
+        self,
+        admins: list[bytes],
+        transfers_allowed: bool,
+        utc_offset: int,
+        min_validators: int = 1,
+    ):
         self.admins = admins
         self.transfers_allowed = transfers_allowed
         self.utc_offset_minutes = utc_offset
+        self.min_validators = min_validators
 
     def to_wire(self) -> list:
-        return [self.admins, self.transfers_allowed, self.utc_offset_minutes]
+        return [
+            self.admins,
+            self.transfers_allowed,
+            self.utc_offset_minutes,
+            self.min_validators,
+        ]
 
     @classmethod
     def from_wire(cls, v: list) -> Program:
@@ -205,6 +230,48 @@ class Program:
         """The program day of a block time: days since 1970-01-01 in the program's
         time zone, rounded down."""
         return (now_s + self.utc_offset_minutes * 60) // SECONDS_PER_DAY
+
+
+class Entry:
+    """A record that is a plain array (validator set, ballots, evidence)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: list | None):
+        self.value = value
+
+    def to_wire(self) -> list | None:
+        return self.value or None
+
+    @classmethod
+    def from_wire(cls, v: list) -> Entry:
+        return cls(v)
+
+
+KEY_PENDING_CHANGES = b"sq"
+PREFIX_PAST_VALIDATOR = b"sw"
+PREFIX_BALLOT = b"sb"
+PREFIX_EVIDENCE = b"se"
+# A validator-set change may be voted for at most this many heights ahead.
+MAX_CHANGE_AHEAD = 1_000_000
+
+
+def past_validator_key(key: bytes) -> bytes:
+    return PREFIX_PAST_VALIDATOR + key
+
+
+def ballot_key(effective_height: int, action: int, key: bytes) -> bytes:
+    return PREFIX_BALLOT + effective_height.to_bytes(8, "big") + bytes([action]) + key
+
+
+def evidence_key(validator: bytes, height: int, round: int, vote_type: int) -> bytes:
+    return (
+        PREFIX_EVIDENCE
+        + validator
+        + height.to_bytes(8, "big")
+        + round.to_bytes(4, "big")
+        + bytes([vote_type])
+    )
 
 
 def account_key(account: bytes) -> bytes:
@@ -269,6 +336,11 @@ class StateView:
     def program(self) -> Program:
         return self._load(KEY_PROGRAM, Program)
 
+    def entry(self, key: bytes) -> Entry:
+        """A plain-array record; its value is None when absent."""
+        found = self._load(key, Entry)
+        return found if found is not None else Entry(None)
+
     def finish(self, acc: Accumulator) -> dict[bytes, bytes | None]:
         """Encode changed records, fold them into `acc`, return the writes.
 
@@ -297,11 +369,13 @@ class StateView:
 
 
 class Ledger:
-    """Applies transactions to a StateView at one block time."""
+    """Applies transactions to a StateView at one block's height and time."""
 
-    def __init__(self, view: StateView, now_s: int):
+    def __init__(self, view: StateView, now_s: int, height: int, chain_id: str):
         self.view = view
         self.now_s = now_s
+        self.height = height
+        self.chain_id = chain_id
         self.program = view.program()
         self.day = self.program.day_of(now_s)
         self._handlers = {
@@ -311,6 +385,8 @@ class Ledger:
             Kind.AWARD_PURCHASE: self.award_purchase,
             Kind.REDEEM: self.redeem,
             Kind.TRANSFER: self.transfer,
+            Kind.VALIDATOR_VOTE: self.validator_vote,
+            Kind.REPORT_EVIDENCE: self.report_evidence,
         }
 
     def apply(self, tx: Transaction) -> Receipt:
@@ -436,3 +512,107 @@ class Ledger:
         if account.balance(self.now_s) < amount:
             raise Refused(Code.INSUFFICIENT_BALANCE)
         return account
+
+    # --- validators ---
+
+    def validator_vote(self, signer: bytes, p: ValidatorVote) -> list:
+        """Vote to add or remove a validator from `effective_height` on.
+
+        The change is approved when more than two thirds of the current
+        validators voted for the same (height, action, key), and takes effect
+        at the end of block effective_height - 1, so the new set signs
+        effective_height. The height must be at least 2 above this block.
+        """
+        current = self.view.entry(KEY_VALIDATORS).value
+        keys = [key for _, key in current]
+        if signer not in keys:
+            raise Refused(Code.UNAUTHORISED, "signer is not a validator")
+        self.check_validator_change(p, keys)
+        ballot = self.view.entry(ballot_key(p.effective_height, p.action, p.validator))
+        voters = ballot.value[1] if ballot.value else []
+        if signer in voters:
+            raise Refused(Code.ALREADY_VOTED)
+
+        voters = sorted([*voters, signer])
+        key = ballot_key(p.effective_height, p.action, p.validator)
+        events = [("validator_vote", signer, 0)]
+        if 3 * len(voters) > 2 * len(keys):
+            pending = self.view.entry(KEY_PENDING_CHANGES).value or []
+            change = [p.effective_height, int(p.action), p.validator, p.name]
+            self.view.put(KEY_PENDING_CHANGES, Entry(sorted([*pending, change])))
+            self.view.put(key, Entry(None))
+            events.append(("validator_change_approved", p.validator, 0))
+        else:
+            self.view.put(key, Entry([p.name, voters]))
+        return events
+
+    def check_validator_change(self, p: ValidatorVote, keys: list[bytes]) -> None:
+        if not self.height + 2 <= p.effective_height <= self.height + MAX_CHANGE_AHEAD:
+            raise Refused(
+                Code.INVALID_VALIDATOR_CHANGE,
+                f"effective height must be {self.height + 2} or later",
+            )
+        if p.action == ValidatorAction.ADD and (p.validator in keys or not p.name):
+            raise Refused(
+                Code.INVALID_VALIDATOR_CHANGE,
+                "only a named key that is not a validator can be added",
+            )
+        if p.action == ValidatorAction.REMOVE and p.validator not in keys:
+            raise Refused(Code.INVALID_VALIDATOR_CHANGE, "key is not a validator")
+        pending = self.view.entry(KEY_PENDING_CHANGES).value or []
+        if any(change[2] == p.validator for change in pending):
+            raise Refused(
+                Code.INVALID_VALIDATOR_CHANGE,
+                "a change of this validator is already approved",
+            )
+        size = len(keys) + sum(
+            1 if c[1] == ValidatorAction.ADD else -1 for c in pending
+        )
+        size += 1 if p.action == ValidatorAction.ADD else -1
+        if size < self.program.min_validators:
+            raise Refused(
+                Code.VALIDATOR_SET_LIMIT,
+                f"the set would shrink to {size}, below the minimum of "
+                f"{self.program.min_validators}",
+            )
+        if size > MAX_VALIDATORS:
+            raise Refused(Code.VALIDATOR_SET_LIMIT, f"at most {MAX_VALIDATORS}")
+
+    def end_block(self) -> None:
+        """Put approved changes due at the next height into the validator set."""
+        pending = self.view.entry(KEY_PENDING_CHANGES).value
+        if not pending:
+            return
+        due = [c for c in pending if c[0] <= self.height + 1]
+        if not due:
+            return
+        validators = list(self.view.entry(KEY_VALIDATORS).value)
+        for _, action, key, name in due:
+            if action == ValidatorAction.ADD:
+                validators.append([name, key])
+                self.view.put(past_validator_key(key), Entry([name]))
+            else:
+                validators = [v for v in validators if v[1] != key]
+        self.view.put(KEY_VALIDATORS, Entry(validators))
+        self.view.put(
+            KEY_PENDING_CHANGES, Entry([c for c in pending if c[0] > self.height + 1])
+        )
+
+    # --- evidence ---
+
+    def report_evidence(self, signer: bytes, p: ReportEvidence) -> list:
+        """Record proof that a validator signed two conflicting votes."""
+        try:
+            validator, height, round, vote_type = check_double_sign(
+                self.chain_id, p.evidence
+            )
+        except EvidenceError as exc:
+            raise Refused(Code.INVALID_EVIDENCE, str(exc)) from None
+        if self.view.entry(past_validator_key(validator)).value is None:
+            raise Refused(Code.INVALID_EVIDENCE, "the signer was never a validator")
+        key = evidence_key(validator, height, round, vote_type)
+        if self.view.entry(key).value is not None:
+            raise Refused(Code.EVIDENCE_EXISTS)
+
+        self.view.put(key, Entry([p.evidence, signer, self.height]))
+        return [("double_sign", validator, 0)]

@@ -35,6 +35,7 @@ from state.ledger import (
     Merchant,
     Program,
     merchant_key,
+    past_validator_key,
 )
 from state.root import Accumulator
 
@@ -116,10 +117,13 @@ class Store:
                     list(genesis.admins),
                     genesis.program.transfers_allowed,
                     genesis.program.utc_offset_minutes,
+                    genesis.program.min_validators,
                 ).to_wire()
             ),
             KEY_VALIDATORS: encode([[v.name, v.key] for v in genesis.validators]),
         }
+        for v in genesis.validators:
+            entries[past_validator_key(v.key)] = encode([v.name])
         for m in genesis.merchants:
             entries[merchant_key(m.key)] = encode(
                 Merchant(m.name, m.rate, m.daily_cap).to_wire()
@@ -187,6 +191,9 @@ class Store:
         self.block_hash = block.hash
         self.time_ms = block.header.time_ms
         self.accumulator = result.accumulator
+        if KEY_VALIDATORS in result.state_writes:
+            self.validators = decode(result.state_writes[KEY_VALIDATORS], 1 << 20)
+            self.validators_hash = validators_hash(self.validators)
 
     # --- reads for the API and sync ---
 

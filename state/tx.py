@@ -55,6 +55,7 @@ MAX_RATE = 10_000
 MAX_NAME = 64
 MAX_ORDER_ID = 64
 MAX_MEMO = 128
+MAX_EVIDENCE_BYTES = 512
 
 
 class Kind(IntEnum):
@@ -64,6 +65,13 @@ class Kind(IntEnum):
     AWARD_PURCHASE = 10
     REDEEM = 20
     TRANSFER = 21
+    VALIDATOR_VOTE = 30
+    REPORT_EVIDENCE = 31
+
+
+class ValidatorAction(IntEnum):
+    ADD = 1
+    REMOVE = 2
 
 
 # --- payloads -------------------------------------------------------------------
@@ -106,6 +114,21 @@ class Transfer(NamedTuple):
     to: bytes
     amount: int
     memo: str
+
+
+class ValidatorVote(NamedTuple):
+    """A current validator's vote to add or remove a validator at a later height."""
+
+    action: ValidatorAction
+    validator: bytes
+    name: str
+    effective_height: int
+
+
+class ReportEvidence(NamedTuple):
+    """Two conflicting votes signed by one validator (state.votes)."""
+
+    evidence: bytes
 
 
 def _int(value: Any, name: str) -> int:
@@ -176,6 +199,24 @@ def _parse_transfer(p: list) -> Transfer:
     )
 
 
+def _parse_validator_vote(p: list) -> ValidatorVote:
+    check_array(p, 4, "payload")
+    action = check_uint(p[0], "action")
+    if action not in (ValidatorAction.ADD, ValidatorAction.REMOVE):
+        raise DecodeError(f"action: {action} is neither add (1) nor remove (2)")
+    return ValidatorVote(
+        ValidatorAction(action),
+        _key(p[1], "validator"),
+        check_text(p[2], "name", MAX_NAME),
+        check_uint(p[3], "effective_height"),
+    )
+
+
+def _parse_evidence(p: list) -> ReportEvidence:
+    check_array(p, 1, "payload")
+    return ReportEvidence(check_bytes(p[0], "evidence", max_len=MAX_EVIDENCE_BYTES))
+
+
 PAYLOAD_PARSERS = {
     Kind.REGISTER_MERCHANT: _parse_register,
     Kind.UPDATE_MERCHANT: _parse_update,
@@ -183,6 +224,8 @@ PAYLOAD_PARSERS = {
     Kind.AWARD_PURCHASE: _parse_award,
     Kind.REDEEM: _parse_redeem,
     Kind.TRANSFER: _parse_transfer,
+    Kind.VALIDATOR_VOTE: _parse_validator_vote,
+    Kind.REPORT_EVIDENCE: _parse_evidence,
 }
 
 

@@ -18,11 +18,14 @@ from state.tx import (
     Kind,
     Redeem,
     RegisterMerchant,
+    ReportEvidence,
     SetAccountFrozen,
     SignatureCache,
     Transfer,
     TxRejected,
     UpdateMerchant,
+    ValidatorAction,
+    ValidatorVote,
     check_amounts,
     check_stateless,
     decode_tx,
@@ -79,6 +82,18 @@ CASES = [
         Kind.TRANSFER,
         Transfer(OTHER.public_key, 10**12, "birthday 🎂"),
     ),
+    Case(
+        builders.validator_vote,
+        (ValidatorAction.ADD, OTHER.public_key, "merchant-node-5", 120),
+        Kind.VALIDATOR_VOTE,
+        ValidatorVote(ValidatorAction.ADD, OTHER.public_key, "merchant-node-5", 120),
+    ),
+    Case(
+        builders.report_evidence,
+        (b"\x92" + b"\x90" * 2,),
+        Kind.REPORT_EVIDENCE,
+        ReportEvidence(b"\x92" + b"\x90" * 2),
+    ),
 ]
 IDS = [case.kind.name for case in CASES]
 
@@ -111,10 +126,23 @@ def test_builder_output_passes_stateless_admission(case: Case) -> None:
     assert info.value.code is Code.WRONG_CHAIN
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+# Builders whose first argument after the expiry names an account.
+ACCOUNT_FIRST = [case for case in CASES if case.args[0] == OTHER.public_key]
+
+
+@pytest.mark.parametrize("case", ACCOUNT_FIRST, ids=lambda c: c.kind.name)
 def test_address_and_raw_key_build_identical_bytes(case: Case) -> None:
     by_key = case.build(SIGNER, CHAIN, EXPIRES, *case.args)
     by_address = case.build(SIGNER, CHAIN, EXPIRES, OTHER.address, *case.args[1:])
+    assert by_address == by_key
+
+
+def test_validator_vote_takes_an_address_too() -> None:
+    args = (ValidatorAction.REMOVE, OTHER.public_key, "", 99)
+    by_key = builders.validator_vote(SIGNER, CHAIN, EXPIRES, *args)
+    by_address = builders.validator_vote(
+        SIGNER, CHAIN, EXPIRES, args[0], OTHER.address, *args[2:]
+    )
     assert by_address == by_key
 
 

@@ -1,0 +1,684 @@
+"""A cluster of real node processes on 127.0.0.1, driven like an operator would.
+
+`Cluster` lays out a devnet folder with node.devnet (keys, certificates,
+genesis, an admin wallet, one home per node with every validator as a peer),
+then writes shorter consensus timeouts into each config so that stalls and
+recoveries take seconds. Every node is a `perk node run` process started by
+node.devnet.start_node_process, its output in HOME/node.log inside the test's
+temp folder; devnet.json records the pids, so `perk devnet status --home DIR`
+shows a running cluster while a test is paused in a debugger.
+
+A node can be started, stopped (SIGTERM, which must exit 0), killed
+(SIGKILL), paused (SIGSTOP) and resumed (SIGCONT), and wiped (its database
+and optionally its consensus state removed, its key kept). Waits are bounded
+and, when they fail, say where every node stands and show the tail of the
+logs of the nodes that were waited for.
+
+`launched_cluster` is the context manager behind the tests' fixtures: it stops
+every process it started whatever happens, and prints the tail of every log
+when the test failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import itertools
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from client import builders
+from client.http import ApiError, AsyncClient, Client, NodeUnreachable, NotFound
+from client.keys import Keypair
+from client.keystore import load_keystore
+from node import devnet
+from node.config import ConsensusSection, load_config
+from node.devnet import NodePlan
+from state.genesis import Genesis
+from tests.harness.chain import (
+    Chains,
+    check_consistent,
+    check_no_conflicting_signatures,
+    fetch_chains,
+    heights_signed_by,
+)
+
+log = logging.getLogger("tests.network")
+log.setLevel(logging.INFO)
+
+CHAIN_ID = "perk-net-1"
+# Short timeouts: a round without a proposer costs about a second, and after a
+# long stall no timeout exceeds three seconds, so recovery is quick.
+CONSENSUS = ConsensusSection(
+    block_interval_ms=devnet.BLOCK_INTERVAL_MS,
+    heartbeat_ms=devnet.HEARTBEAT_MS,
+    timeout_propose_ms=1000,
+    timeout_prevote_ms=500,
+    timeout_precommit_ms=500,
+    timeout_delta_ms=250,
+    timeout_cap_ms=3000,
+)
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+KILL_TIMEOUT_S = 5.0
+POLL_S = 0.2
+STATUS_TIMEOUT_S = 2.0
+SUBMIT_WAIT_S = 20.0
+LOG_TAIL_LINES = 25
+TX_TTL_S = 600
+MERCHANT_RATE = 10  # coins per 100 minor units of spend
+MERCHANT_DAILY_CAP = 10**12
+
+
+@dataclass
+class NodeProcess:
+    """One node of the cluster: its plan (key, ports, home) and its process."""
+
+    plan: NodePlan
+    process: subprocess.Popen | None = None
+    paused: bool = False
+    # Exits the cluster caused (stop, kill); any other exit is a crash.
+    expected_exit: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def kind(self) -> str:
+        return self.plan.kind
+
+    @property
+    def home(self) -> Path:
+        return self.plan.home
+
+    @property
+    def api_url(self) -> str:
+        return self.plan.api_url
+
+    @property
+    def p2p_port(self) -> int:
+        return self.plan.p2p_port
+
+    @property
+    def key(self) -> Keypair:
+        return Keypair.from_seed(self.plan.seed)
+
+    @property
+    def public_key(self) -> bytes:
+        return self.key.public_key
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / devnet.NODE_LOG
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def state(self) -> str:
+        if self.process is None:
+            return "never started"
+        code = self.process.poll()
+        if code is None:
+            return "paused" if self.paused else "running"
+        return f"exited({code})" if not self.expected_exit else f"stopped({code})"
+
+
+class Cluster:
+    """Validators v1..vN and auditors a1..aM of one chain, as processes."""
+
+    def __init__(
+        self,
+        root: Path,
+        validators: int = devnet.DEFAULT_VALIDATORS,
+        auditors: int = devnet.DEFAULT_AUDITORS,
+        chain_id: str = CHAIN_ID,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.validator_count = validators
+        self.auditor_count = auditors
+        self.chain_id = chain_id
+        self.nodes: dict[str, NodeProcess] = {}
+        self.genesis: Genesis | None = None
+        self.admin: Keypair | None = None
+        self._doc: dict = {}
+        self._clients: dict[str, Client] = {}
+        self._counter = itertools.count(1)
+        self._exit_hook_registered = False
+
+    # --- layout ---------------------------------------------------------------------
+
+    def create(self) -> None:
+        """Lay out the devnet folder: admin wallet, genesis, one home per node."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        plans = devnet.plan_nodes(self.root, self.validator_count, self.auditor_count)
+        wallet = devnet.create_admin_wallet(self.root)
+        self.genesis = devnet.build_genesis(self.chain_id, plans, wallet)
+        self.genesis.write(self.root / devnet.GENESIS_FILE)
+        for plan in plans:
+            devnet.write_node_home(plan, plans, self.genesis)
+            self.tune_config(plan.home)
+            self.nodes[plan.name] = NodeProcess(plan)
+        self.admin = self.load_admin_wallet()
+        self._doc = {
+            "chain_id": self.chain_id,
+            "genesis_hash": self.genesis.hash.hex(),
+            "nodes": [devnet.node_record(plan) for plan in plans],
+        }
+        devnet.write_devnet(self.root, self._doc)
+        log.info(
+            "cluster created root=%s validators=%s auditors=%s",
+            self.root,
+            ",".join(self.validators),
+            ",".join(self.auditors) or "-",
+        )
+
+    def tune_config(self, home: Path) -> None:
+        config = load_config(home)
+        config.consensus = ConsensusSection(**vars(CONSENSUS))
+        config.save()
+
+    def load_admin_wallet(self) -> Keypair:
+        password = (self.root / devnet.ADMIN_PASSWORD_FILE).read_text().rstrip("\r\n")
+        path = self.root / devnet.WALLET_DIR / f"{devnet.ADMIN_WALLET}.json"
+        return load_keystore(path, password)
+
+    def add_outsider(self, name: str, kind: str = "auditor") -> NodeProcess:
+        """A node with a fresh key that no validator knows, configured with
+        every validator as a peer (address and certificate), on this chain."""
+        host_ports = devnet.free_ports(2)
+        plan = NodePlan(
+            name, kind, os.urandom(32), host_ports[0], host_ports[1], self.root / name
+        )
+        validator_plans = [self.nodes[n].plan for n in self.validators]
+        devnet.write_node_home(plan, [*validator_plans, plan], self.genesis)
+        self.tune_config(plan.home)
+        node = self.nodes[name] = NodeProcess(plan)
+        self._doc["nodes"].append(devnet.node_record(plan))
+        devnet.write_devnet(self.root, self._doc)
+        log.info("outsider created name=%s address=%s", name, plan.address)
+        return node
+
+    @property
+    def validators(self) -> list[str]:
+        return [n.name for n in self.nodes.values() if n.plan.kind == "validator"]
+
+    @property
+    def auditors(self) -> list[str]:
+        return [
+            n.name
+            for n in self.nodes.values()
+            if n.plan.kind == "auditor" and n.name.startswith("a")
+        ]
+
+    @property
+    def members(self) -> list[str]:
+        """The nodes of the chain as genesis and the devnet layout made them."""
+        return [*self.validators, *self.auditors]
+
+    def running_nodes(self) -> list[str]:
+        return [n.name for n in self.nodes.values() if n.running and not n.paused]
+
+    # --- processes ------------------------------------------------------------------
+
+    def start(self, *names: str, wait: bool = True) -> None:
+        """Start the nodes' processes; with `wait`, until their APIs answer."""
+        for name in names or self.members:
+            node = self.nodes[name]
+            assert not node.running, f"{name} is already running"
+            self.forget_client(name)
+            node.process = devnet.start_node_process(node.home)
+            node.paused = False
+            node.expected_exit = False
+            self.record_pid(node)
+            log.info("node started name=%s pid=%d", name, node.process.pid)
+        self.register_exit_hook()
+        if wait:
+            self.wait_until_ready(*(names or self.members))
+
+    def wait_until_ready(self, *names: str, timeout: float = READY_TIMEOUT_S) -> None:
+        self.wait_until(
+            lambda: all(self.status(n) is not None for n in names),
+            timeout,
+            f"the APIs of {', '.join(names)} to answer",
+            names,
+        )
+
+    def stop(self, name: str, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM, and the node must exit 0 within `timeout` (a clean stop)."""
+        node = self.nodes[name]
+        assert node.running, f"{name} is not running ({node.state})"
+        node.expected_exit = True
+        self.forget_client(name)
+        if node.paused:
+            self.resume(name)
+        node.process.terminate()
+        try:
+            code = node.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait()
+            raise AssertionError(
+                f"{name} did not stop within {timeout:g}s of SIGTERM; "
+                f"{self.log_excerpt(name)}"
+            ) from None
+        self.record_pid(node)
+        log.info("node stopped name=%s code=%d", name, code)
+        assert code == 0, (
+            f"{name} exited with code {code} after SIGTERM; {self.log_excerpt(name)}"
+        )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: the node gets no chance to finish anything."""
+        node = self.nodes[name]
+        assert node.running, f"{name} is not running ({node.state})"
+        node.expected_exit = True
+        self.forget_client(name)
+        node.process.kill()
+        node.process.wait(KILL_TIMEOUT_S)
+        node.paused = False
+        self.record_pid(node)
+        log.info("node killed name=%s", name)
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP: the process hangs with its connections open."""
+        node = self.nodes[name]
+        assert node.running, f"{name} is not running ({node.state})"
+        os.kill(node.process.pid, signal.SIGSTOP)
+        node.paused = True
+        log.info("node paused name=%s", name)
+
+    def resume(self, name: str) -> None:
+        node = self.nodes[name]
+        os.kill(node.process.pid, signal.SIGCONT)
+        node.paused = False
+        log.info("node resumed name=%s", name)
+
+    def wipe(self, name: str, consensus: bool = True) -> None:
+        """Delete the node's database (and its signer state and write-ahead log
+        with `consensus`); its key, certificate, config and log stay."""
+        node = self.nodes[name]
+        assert not node.running, f"stop {name} before wiping it"
+        config = load_config(node.home)
+        shutil.rmtree(config.data_dir, ignore_errors=True)
+        if consensus:
+            shutil.rmtree(config.consensus_dir, ignore_errors=True)
+        log.info("node wiped name=%s consensus=%s", name, consensus)
+
+    def shutdown(self) -> None:
+        """Stop every process this cluster started: SIGTERM, then SIGKILL."""
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        live = [n for n in self.nodes.values() if n.running]
+        for node in live:
+            node.expected_exit = True
+            with contextlib.suppress(ProcessLookupError):
+                if node.paused:
+                    os.kill(node.process.pid, signal.SIGCONT)
+                node.process.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for node in live:
+            try:
+                node.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("node did not stop, killing it name=%s", node.name)
+                node.process.kill()
+                node.process.wait()
+            self.record_pid(node)
+        if self._exit_hook_registered:
+            atexit.unregister(self.kill_all)
+            self._exit_hook_registered = False
+
+    def kill_all(self) -> None:
+        """Last resort at interpreter exit: no node outlives the test run."""
+        for node in self.nodes.values():
+            if node.running:
+                node.process.kill()
+
+    def register_exit_hook(self) -> None:
+        if not self._exit_hook_registered:
+            atexit.register(self.kill_all)
+            self._exit_hook_registered = True
+
+    def record_pid(self, node: NodeProcess) -> None:
+        for record in self._doc["nodes"]:
+            if record["name"] == node.name:
+                record["pid"] = node.process.pid if node.running else None
+                record["state"] = "running" if node.running else "stopped"
+        devnet.write_devnet(self.root, self._doc)
+
+    # --- observing ------------------------------------------------------------------
+
+    def forget_client(self, name: str) -> None:
+        """Drop the node's client: its pooled connections died with the process."""
+        client = self._clients.pop(name, None)
+        if client is not None:
+            client.close()
+
+    def client(self, name: str) -> Client:
+        """This node's API client (one per node, kept until shutdown)."""
+        if name not in self._clients:
+            self._clients[name] = Client(self.nodes[name].api_url)
+        return self._clients[name]
+
+    def status(self, name: str) -> dict | None:
+        """GET /v1/status, or None when the node does not answer."""
+        node = self.nodes[name]
+        if not node.running or node.paused:
+            return None
+        try:
+            with Client(node.api_url, timeout=STATUS_TIMEOUT_S) as api:
+                return api.status()
+        except (NodeUnreachable, ApiError):
+            return None
+
+    def height(self, name: str) -> int | None:
+        status = self.status(name)
+        return None if status is None else status["height"]
+
+    def heights(self, names: Iterable[str] | None = None) -> dict[str, int | None]:
+        return {name: self.height(name) for name in names or self.members}
+
+    def tip(self, names: Iterable[str] | None = None) -> int:
+        """The highest height any of the nodes reports."""
+        return max((h for h in self.heights(names).values() if h is not None), default=0)
+
+    def describe(self) -> str:
+        """One line per node: state, height, peers, consensus round."""
+        lines = []
+        for name, node in self.nodes.items():
+            status = self.status(name)
+            if status is None:
+                lines.append(f"  {name:<3} {node.kind:<9} {node.state:<12} no answer")
+                continue
+            consensus = status.get("consensus") or {}
+            lines.append(
+                f"  {name:<3} {node.kind:<9} {node.state:<12} "
+                f"height={status['height']} peers={status['peers']} "
+                f"round={consensus.get('round')} step={consensus.get('step')} "
+                f"syncing={status['syncing']} mempool={status['mempool_txs']}"
+            )
+        return "\n".join(lines)
+
+    def log_text(self, name: str) -> str:
+        try:
+            return self.nodes[name].log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(self.log_text(name).splitlines()[-lines:]) or "(empty log)"
+
+    def log_excerpt(self, *names: str) -> str:
+        return "\n".join(
+            f"--- last lines of {name}'s log ---\n{self.log_tail(name)}"
+            for name in names
+        )
+
+    def log_matches(self, name: str, pattern: str) -> list[str]:
+        regex = re.compile(pattern)
+        return [line for line in self.log_text(name).splitlines() if regex.search(line)]
+
+    # --- waiting --------------------------------------------------------------------
+
+    def wait_until(
+        self,
+        condition: Callable[[], bool],
+        timeout: float,
+        what: str,
+        watched: Iterable[str] = (),
+    ) -> None:
+        """Poll `condition`; fail early if a watched node's process dies, and on
+        timeout with where every node stands and the watched nodes' logs."""
+        watched = list(watched)
+        deadline = time.monotonic() + timeout
+        while not condition():
+            for name in watched:
+                node = self.nodes[name]
+                if node.process is not None and not node.running:
+                    if not node.expected_exit:
+                        raise AssertionError(
+                            f"{name} exited with code {node.process.returncode} "
+                            f"while waiting for {what}\n{self.describe()}\n"
+                            f"{self.log_excerpt(name)}"
+                        )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout:g}s waiting for {what}\n"
+                    f"{self.describe()}\n{self.log_excerpt(*watched)}"
+                )
+            time.sleep(POLL_S)
+
+    def wait_for_height(
+        self, names: Iterable[str], height: int, timeout: float = 30.0
+    ) -> None:
+        """Until every one of `names` reports at least `height`."""
+        names = list(names)
+
+        def reached() -> bool:
+            return all((self.height(n) or 0) >= height for n in names)
+
+        self.wait_until(reached, timeout, f"{', '.join(names)} at height {height}", names)
+
+    def wait_for_blocks(
+        self, count: int, names: Iterable[str] | None = None, timeout: float = 30.0
+    ) -> int:
+        """Until `names` (default: the running nodes) are `count` blocks past
+        the current tip; returns the height waited for."""
+        names = list(names or self.running_nodes())
+        target = self.tip(names) + count
+        self.wait_for_height(names, target, timeout)
+        return target
+
+    def wait_for_same_height(self, names: Iterable[str], timeout: float = 10.0) -> int:
+        """Until `names` all report one height; returns it."""
+        names = list(names)
+        self.wait_until(
+            lambda: len(set(self.heights(names).values())) == 1
+            and None not in self.heights(names).values(),
+            timeout,
+            f"{', '.join(names)} at one height",
+            names,
+        )
+        return self.height(names[0])
+
+    def wait_for_tx(
+        self, tx_hash: str, names: Iterable[str], timeout: float = SUBMIT_WAIT_S
+    ) -> int:
+        """Until every one of `names` reports the transaction committed, at one
+        height; returns the height."""
+        names = list(names)
+        found: dict[str, int] = {}
+
+        def committed_everywhere() -> bool:
+            for name in names:
+                if name in found:
+                    continue
+                try:
+                    doc = self.client(name).tx(tx_hash)
+                except (NotFound, NodeUnreachable):
+                    continue
+                if doc["status"] == "committed":
+                    found[name] = doc["height"]
+            return len(found) == len(names)
+
+        self.wait_until(
+            committed_everywhere, timeout, f"tx {tx_hash[:16]} committed on {names}"
+        )
+        heights = set(found.values())
+        assert len(heights) == 1, f"tx {tx_hash[:16]} committed at {found}"
+        return heights.pop()
+
+    # --- transactions ---------------------------------------------------------------
+
+    def expiry(self) -> int:
+        return int(time.time()) + TX_TTL_S
+
+    def register_merchant(
+        self, via: str = "v1", name: str = "Corner Café", rate: int = MERCHANT_RATE
+    ) -> Keypair:
+        """The admin admits a new merchant; returns its key once final."""
+        merchant = Keypair.generate()
+        raw = builders.register_merchant(
+            self.admin,
+            self.chain_id,
+            self.expiry(),
+            merchant.address,
+            name,
+            rate,
+            MERCHANT_DAILY_CAP,
+        )
+        doc = self.submit(raw, via)
+        log.info("merchant registered via=%s height=%d", via, doc["height"])
+        return merchant
+
+    def award_tx(self, merchant: Keypair, customer: Keypair, amount: int) -> bytes:
+        """A signed award for a purchase of `amount` minor units (unique order)."""
+        order = f"order-{next(self._counter)}"
+        return builders.award_purchase(
+            merchant, self.chain_id, self.expiry(), customer.address, order, amount
+        )
+
+    def transfer_tx(self, sender: Keypair, to: Keypair, amount: int) -> bytes:
+        memo = f"transfer-{next(self._counter)}"
+        return builders.transfer(
+            sender, self.chain_id, self.expiry(), to.address, amount, memo
+        )
+
+    def award(
+        self, merchant: Keypair, customer: Keypair, amount: int, via: str
+    ) -> dict:
+        """Award coins for a purchase through node `via`; returns the final
+        submission document (hash, height, receipt)."""
+        return self.submit(self.award_tx(merchant, customer, amount), via)
+
+    def transfer(self, sender: Keypair, to: Keypair, amount: int, via: str) -> dict:
+        return self.submit(self.transfer_tx(sender, to, amount), via)
+
+    def submit(self, raw: bytes, via: str, timeout: float = SUBMIT_WAIT_S) -> dict:
+        """POST /v1/transactions?wait=true on `via`; the transaction must be
+        final (committed and accepted by the ledger) within `timeout`."""
+        doc = self.client(via).submit(raw, wait=True, timeout=timeout)
+        assert doc["status"] == "committed", (
+            f"tx {doc['hash'][:16]} submitted to {via} not final within "
+            f"{timeout:g}s: {doc}\n{self.describe()}"
+        )
+        return doc
+
+    def submit_pending(self, raw: bytes, via: str) -> str:
+        """Submit without waiting; returns the hash once the node admitted it."""
+        doc = self.client(via).submit(raw)
+        assert doc["status"] == "pending", f"{via} did not admit the tx: {doc}"
+        return doc["hash"]
+
+    def submit_concurrently(
+        self, submissions: list[tuple[str, bytes]], timeout: float = SUBMIT_WAIT_S
+    ) -> list[dict]:
+        """Submit each (via, raw) at once, all waiting for finality; the final
+        documents in order. Every one must be committed."""
+
+        async def one(via: str, raw: bytes) -> dict:
+            async with AsyncClient(self.nodes[via].api_url) as api:
+                return await api.submit(raw, wait=True, timeout=timeout)
+
+        async def all_of() -> list[dict]:
+            return await asyncio.gather(*(one(via, raw) for via, raw in submissions))
+
+        docs = asyncio.run(all_of())
+        for (via, _), doc in zip(submissions, docs, strict=True):
+            assert doc["status"] == "committed", (
+                f"tx {doc['hash'][:16]} submitted to {via} not final within "
+                f"{timeout:g}s: {doc}\n{self.describe()}"
+            )
+        return docs
+
+    def balance(self, name: str, account: Keypair) -> int:
+        return self.client(name).account(account.address)["balance"]
+
+    def balances(self, account: Keypair, names: Iterable[str]) -> dict[str, int]:
+        return {name: self.balance(name, account) for name in names}
+
+    # --- checks ---------------------------------------------------------------------
+
+    def fetch_chains(
+        self, names: Iterable[str] | None = None, from_height: int = 1
+    ) -> Chains:
+        names = list(names or self.running_nodes())
+        return fetch_chains({n: self.nodes[n].api_url for n in names}, from_height)
+
+    def assert_consistent(self, names: Iterable[str] | None = None) -> Chains:
+        """Every block of every node (default: the running ones): one hash per
+        height anywhere, equal state roots at shared heights, linked parents,
+        certificates that name their block, and no validator signing two
+        blocks at one height. Returns what was fetched."""
+        chains = self.fetch_chains(names)
+        check_consistent(chains)
+        check_no_conflicting_signatures(chains)
+        log.info(
+            "chains consistent %s",
+            " ".join(f"{c.name}={c.tip}" for c in chains.values()),
+        )
+        return chains
+
+    def wait_until_signing(
+        self, name: str, after: int, timeout: float = 30.0
+    ) -> list[int]:
+        """Until a commit certificate above height `after`, as stored by a node
+        other than `name`, carries `name`'s precommit; those heights."""
+        key = self.nodes[name].public_key
+        others = [n for n in self.running_nodes() if n != name]
+        signed: list[int] = []
+
+        def has_signed() -> bool:
+            chains = self.fetch_chains(others, from_height=after + 1)
+            signed[:] = heights_signed_by(chains, key)
+            return bool(signed)
+
+        self.wait_until(
+            has_signed, timeout, f"a commit above {after} signed by {name}", [name]
+        )
+        log.info("validator signs commits name=%s heights=%s", name, signed[:10])
+        return signed
+
+
+@contextlib.contextmanager
+def launched_cluster(
+    root: Path,
+    request,
+    validators: int = devnet.DEFAULT_VALIDATORS,
+    auditors: int = devnet.DEFAULT_AUDITORS,
+) -> Iterator[Cluster]:
+    """A started cluster committing blocks; every process stopped afterwards,
+    and the tail of every node's log printed if the test failed."""
+    cluster = Cluster(root, validators, auditors)
+    failed_before = request.session.testsfailed
+    setup_failed = True
+    try:
+        cluster.create()
+        cluster.start()
+        cluster.wait_for_height(cluster.members, 1, READY_TIMEOUT_S)
+        log.info("cluster committing\n%s", cluster.describe())
+        setup_failed = False
+        yield cluster
+    finally:
+        if setup_failed or request.session.testsfailed > failed_before:
+            print_logs(cluster)
+        cluster.shutdown()
+
+
+def print_logs(cluster: Cluster) -> None:
+    print(f"cluster in {cluster.root}")
+    print(cluster.describe())
+    print(cluster.log_excerpt(*cluster.nodes))
