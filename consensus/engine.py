@@ -111,7 +111,7 @@ class ConsensusEngine:
         self._sign_from = 0
         self._timers = Timers()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_commit_at: float | None = None
+        self._last_start_at: float | None = None
         self._reported: set[tuple[bytes, int, int, int]] = set()
         self._validator_sets: dict[int, list[bytes]] = {}
         self._catchup = CatchUp(
@@ -360,12 +360,12 @@ class ConsensusEngine:
         """Start round 0 when TimeoutConfig.start_delay_ms says so."""
         if self._state.step != Step.NEW_HEIGHT:
             return
-        since_commit = None
-        if self._last_commit_at is not None:
-            since_commit = (self._now() - self._last_commit_at) * 1000
+        since_start = None
+        if self._last_start_at is not None:
+            since_start = (self._now() - self._last_start_at) * 1000
         since_block = self.app.now_ms() - self.app.last_block_time_ms()
         pending = self.app.has_pending_txs()
-        delay = self.timeouts.start_delay_ms(since_commit, since_block, pending)
+        delay = self.timeouts.start_delay_ms(since_start, since_block, pending)
         if delay > 0:
             self._schedule(delay, self._wait_for_start)
             return
@@ -534,7 +534,10 @@ class ConsensusEngine:
             len(block.txs),
             round((now - (s.joined_at or s.started_at)) * 1000),
         )
-        self._last_commit_at = now
+        # Blocks are spaced block_interval_ms from the start of one height to
+        # the start of the next, so time spent executing and committing a
+        # large block counts towards the interval instead of adding to it.
+        self._last_start_at = s.joined_at or s.started_at
         payload = encode_commit_message(certificate, block.encode())
         self._catchup.committed(s.height, payload)
         if announce:
@@ -570,7 +573,7 @@ class ConsensusEngine:
         last = self.app.last_height()
         if last >= self._state.height:
             self.log.info("caught up height=%d", last)
-            self._last_commit_at = self._now()
+            self._last_start_at = self._now()
             self._enter_height(last + 1)
 
     def _early(

@@ -34,7 +34,7 @@ from consensus.messages import (
     VerificationError,
     decode_certificate,
 )
-from state.block import Block, decode_block
+from state.block import MAX_BLOCK_BYTES, Block, decode_block
 from state.codec import (
     DecodeError,
     check_array,
@@ -49,7 +49,7 @@ log = logging.getLogger("consensus.sync")
 STATUS_INTERVAL_S = 2.0
 REQUEST_TIMEOUT_S = 10.0
 MAX_BLOCKS_PER_REQUEST = 64
-MAX_RESPONSE_BYTES = 6 << 20
+MAX_RESPONSE_BYTES = 4 << 20
 MAX_STATUS_BYTES = 128
 
 Request = Callable[[bytes, bytes, float], Awaitable[bytes]]
@@ -210,7 +210,8 @@ class BlockSync:
 
     async def apply_batch(self, peer: bytes, reply: bytes, first: int) -> int:
         try:
-            entries = decode(reply, MAX_RESPONSE_BYTES + 1024)
+            # One block may pass the soft response limit on its own.
+            entries = decode(reply, MAX_RESPONSE_BYTES + MAX_BLOCK_BYTES + 4096)
         except DecodeError as exc:
             raise SyncError(f"undecodable response: {exc}") from None
         if type(entries) is not list or len(entries) > MAX_BLOCKS_PER_REQUEST:

@@ -6,9 +6,10 @@ enough for any real network delay (the partial-synchrony assumption that gives
 Tendermint its liveness), and never beyond a cap, so a validator that comes
 back after a long outage is not left waiting minutes for the next round.
 
-Between heights the engine waits `block_interval_ms` after a commit, and then
-until there is something to do: pending transactions, or `heartbeat_ms` since
-the last block's time (an empty block that shows the chain is alive).
+A new height starts `block_interval_ms` after the previous one started (the
+time spent executing and committing counts towards it), and then only when
+there is something to do: pending transactions, or `heartbeat_ms` since the
+last block's time (an empty block that shows the chain is alive).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class TimeoutConfig:
     precommit_delta_ms: int = 500
     # No timeout ever exceeds this, whatever the round.
     max_timeout_ms: int = 30_000
-    # Wait after a commit before starting the next height.
+    # Spacing of heights: from the start of one to the start of the next.
     block_interval_ms: int = 1000
     # Make an empty block when this long passed since the last block time.
     heartbeat_ms: int = 10_000
@@ -67,16 +68,17 @@ class TimeoutConfig:
         return min(self.max_timeout_ms, base + delta * round)
 
     def start_delay_ms(
-        self, since_commit_ms: float | None, since_block_ms: int, pending_txs: bool
+        self, since_start_ms: float | None, since_block_ms: int, pending_txs: bool
     ) -> int:
         """How long to wait before starting the next height; 0 means now.
 
-        Rule: start once block_interval_ms passed since the last commit (None:
-        no commit yet in this run) and there is pending work or a heartbeat is
-        due; until then, look again after at most idle_poll_ms.
+        Rule: start once block_interval_ms passed since the previous height
+        started (None: no height committed yet in this run) and there is pending
+        work or a heartbeat is due; until then, look again after at most
+        idle_poll_ms.
         """
-        if since_commit_ms is not None and since_commit_ms < self.block_interval_ms:
-            return max(1, math.ceil(self.block_interval_ms - since_commit_ms))
+        if since_start_ms is not None and since_start_ms < self.block_interval_ms:
+            return max(1, math.ceil(self.block_interval_ms - since_start_ms))
         if pending_txs or since_block_ms >= self.heartbeat_ms:
             return 0
         return max(1, min(self.idle_poll_ms, self.heartbeat_ms - since_block_ms))

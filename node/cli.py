@@ -222,6 +222,23 @@ def bench_ledger(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK if report.get("state_root_matches", True) else EXIT_REFUSED
 
 
+def bench_network(args: argparse.Namespace, out: Output) -> int:
+    import asyncio
+
+    from node.bench import print_report
+    from node.bench_network import BenchError
+    from node.bench_network import bench_network as bench
+
+    try:
+        report = asyncio.run(
+            bench(args.validators, args.auditors, args.txs, args.half_load_seconds)
+        )
+    except BenchError as exc:
+        raise CliError(str(exc), EXIT_REFUSED) from None
+    print_report(report, out.as_json)
+    return EXIT_OK
+
+
 # --- the parser -----------------------------------------------------------------------
 
 
@@ -331,6 +348,14 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--txs", type=positive_int, default=100_000, metavar="N")
     p.add_argument("--block-size", type=positive_int, default=1000, metavar="B")
     p.set_defaults(handler=bench_ledger)
+    for name, validators, auditors, default_txs, text in (
+        ("node", 1, 0, 20_000, "one validator process, load over HTTP"),
+        ("devnet", 4, 1, 20_000, "four validators and an auditor, load over HTTP"),
+    ):
+        p = sub.add_parser(name, help=text, parents=[json_parent()])
+        p.add_argument("--txs", type=positive_int, default=default_txs, metavar="N")
+        p.add_argument("--half-load-seconds", type=float, default=10.0, metavar="S")
+        p.set_defaults(handler=bench_network, validators=validators, auditors=auditors)
 
 
 # --- running a command ----------------------------------------------------------------

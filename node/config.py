@@ -70,7 +70,9 @@ class PeerEntry:
 class P2PSection:
     host: str = "127.0.0.1"
     port: int = 26600
-    max_frame_bytes: int = 8 << 20
+    # Must hold a whole block with its certificate (state.block.MAX_BLOCK_BYTES)
+    # and a sync response (consensus.sync).
+    max_frame_bytes: int = 16 << 20
     peers: list[PeerEntry] = field(default_factory=list)
     # Keys of read-only nodes allowed to connect besides the validators.
     observers: list[str] = field(default_factory=list)
@@ -80,7 +82,7 @@ class P2PSection:
 class MempoolSection:
     max_txs: int = 100_000
     max_bytes: int = 64 << 20
-    max_block_txs: int = 2000
+    max_block_txs: int = 20_000
 
 
 @dataclass

@@ -107,8 +107,8 @@ class NodePlan:
 
 def up(
     root: Path,
-    validators: int = 1,
-    auditors: int = 0,
+    validators: int = DEFAULT_VALIDATORS,
+    auditors: int = DEFAULT_AUDITORS,
     chain_id: str = DEFAULT_CHAIN_ID,
     timeout: float = 30.0,
 ) -> dict:

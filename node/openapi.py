@@ -341,8 +341,14 @@ def schemas(max_batch: int) -> dict[str, Any]:
             }
         ),
         "RawBlock": obj(
-            {"height": UINT, "block": ref("Hex"), "commit": ref("Hex")},
-            description="Canonical block bytes and commit certificate bytes.",
+            {
+                "height": UINT,
+                "block": ref("Hex"),
+                "commit": ref("Hex"),
+                "receipts": ref("Hex"),
+            },
+            description="Canonical bytes of a block, its commit certificate and "
+            "its receipts.",
         ),
         "Evidence": obj(
             {

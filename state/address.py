@@ -18,6 +18,8 @@ A string that is not exactly an address is an error, never a guess.
 
 from __future__ import annotations
 
+import functools
+
 import bech32
 
 ADDRESS_HRP = "perk"
@@ -33,8 +35,13 @@ class AddressError(ValueError):
     """Text that is not a valid perkchain address."""
 
 
+@functools.lru_cache(maxsize=65_536)
 def address_of(public_key: bytes) -> str:
-    """The bech32 address of a 32-byte public key."""
+    """The bech32 address of a 32-byte public key.
+
+    Cached: encoding is pure Python, and the API names the same accounts (a
+    merchant, its regular customers) over and over.
+    """
     if type(public_key) is not bytes:
         raise TypeError("public key must be bytes")
     if len(public_key) != PUBLIC_KEY_BYTES:

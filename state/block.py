@@ -31,8 +31,12 @@ from state.codes import Code
 from state.tx import KEY_BYTES, MAX_TX_BYTES
 
 BLOCK_VERSION = 1
-MAX_BLOCK_TXS = 2000
-MAX_BLOCK_BYTES = MAX_BLOCK_TXS * (MAX_TX_BYTES + 3) + 1024
+# A block is bounded by count and by bytes: typical awards are about 160 bytes,
+# so a full block holds 20,000 of them in about 3.2 MB; large transactions hit
+# the byte bound first. Proposals and sync responses carry whole blocks in one
+# peer frame, which the node's p2p.max_frame_bytes must exceed.
+MAX_BLOCK_TXS = 20_000
+MAX_BLOCK_BYTES = 4 << 20
 HASH_BYTES = 32
 MAX_EVENTS = 16
 
@@ -208,8 +212,12 @@ def encode_array_of_encoded(items: list[bytes]) -> bytes:
     return head + b"".join(items)
 
 
+# Receipts of a full block: a code and up to a few events per transaction.
+MAX_RECEIPTS_BYTES = 4 * MAX_BLOCK_BYTES
+
+
 def decode_receipts(data: bytes) -> list[Receipt]:
-    value = decode(data, MAX_BLOCK_BYTES)
+    value = decode(data, MAX_RECEIPTS_BYTES)
     if type(value) is not list:
         raise DecodeError("receipts: expected an array")
     return [Receipt.from_wire(v) for v in value]

@@ -83,7 +83,8 @@ class BlockResult:
 class Executor:
     def __init__(self, store: Store, signatures: SignatureCache | None = None):
         self.store = store
-        self.signatures = signatures or SignatureCache()
+        # Not `signatures or ...`: an empty cache is falsy (it has a length).
+        self.signatures = signatures if signatures is not None else SignatureCache()
 
     # --- admission ---
 

@@ -34,7 +34,10 @@ def test_transactions_to_every_node_become_final_everywhere(cluster):
     log.info("awarding a purchase through each node at once: %s", cluster.members)
     spends = {via: 1000 + 100 * i for i, via in enumerate(cluster.members)}
     awards = cluster.submit_concurrently(
-        [(via, cluster.award_tx(merchant, customer, spend)) for via, spend in spends.items()]
+        [
+            (via, cluster.award_tx(merchant, customer, spend))
+            for via, spend in spends.items()
+        ]
     )
     earned = sum(spend * MERCHANT_RATE // 100 for spend in spends.values())
 

@@ -93,9 +93,7 @@ def check_consistent(chains: Chains) -> None:
                 f"state roots differ at height {height}: {describe(roots[height])}"
             )
     tips = ", ".join(f"{c.name}={c.tip}" for c in chains.values())
-    assert not problems, f"nodes disagree (tips {tips}):\n" + "\n".join(
-        problems[:20]
-    )
+    assert not problems, f"nodes disagree (tips {tips}):\n" + "\n".join(problems[:20])
 
 
 def check_one_node(chain: NodeChain) -> list[str]:
@@ -161,7 +159,9 @@ def heights_signed_by(chains: Chains, key: bytes, exclude: str = "") -> list[int
 
 
 def describe(groups: dict[str, list[str]]) -> str:
-    return "; ".join(f"{short(value)} on {','.join(names)}" for value, names in groups.items())
+    return "; ".join(
+        f"{short(value)} on {','.join(names)}" for value, names in groups.items()
+    )
 
 
 def short(hex_text: str) -> str:

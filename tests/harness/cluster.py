@@ -41,7 +41,7 @@ from client.http import ApiError, AsyncClient, Client, NodeUnreachable, NotFound
 from client.keys import Keypair
 from client.keystore import load_keystore
 from node import devnet
-from node.config import ConsensusSection, load_config
+from node.config import NODE_CERT_FILE, ConsensusSection, PeerEntry, load_config
 from node.devnet import NodePlan
 from state.genesis import Genesis
 from tests.harness.chain import (
@@ -60,7 +60,7 @@ CHAIN_ID = "perk-net-1"
 # long stall no timeout exceeds three seconds, so recovery is quick.
 CONSENSUS = ConsensusSection(
     block_interval_ms=devnet.BLOCK_INTERVAL_MS,
-    heartbeat_ms=devnet.HEARTBEAT_MS,
+    heartbeat_ms=1000,
     timeout_propose_ms=1000,
     timeout_prevote_ms=500,
     timeout_precommit_ms=500,
@@ -209,6 +209,21 @@ class Cluster:
         devnet.write_devnet(self.root, self._doc)
         log.info("outsider created name=%s address=%s", name, plan.address)
         return node
+
+    def pin_certificate(self, name: str, other: str) -> None:
+        """Add `other` to `name`'s peer list (its certificate trusted, never
+        dialled) without making it an observer; takes effect at the next start."""
+        config = load_config(self.nodes[name].home)
+        config.p2p.peers.append(
+            PeerEntry(
+                key=self.nodes[other].plan.address,
+                host="",
+                port=0,
+                cert=f"../{other}/{NODE_CERT_FILE}",
+            )
+        )
+        config.save()
+        log.info("certificate pinned node=%s peer=%s", name, other)
 
     @property
     def validators(self) -> list[str]:
@@ -393,7 +408,9 @@ class Cluster:
 
     def tip(self, names: Iterable[str] | None = None) -> int:
         """The highest height any of the nodes reports."""
-        return max((h for h in self.heights(names).values() if h is not None), default=0)
+        return max(
+            (h for h in self.heights(names).values() if h is not None), default=0
+        )
 
     def describe(self) -> str:
         """One line per node: state, height, peers, consensus round."""
@@ -470,7 +487,9 @@ class Cluster:
         def reached() -> bool:
             return all((self.height(n) or 0) >= height for n in names)
 
-        self.wait_until(reached, timeout, f"{', '.join(names)} at height {height}", names)
+        self.wait_until(
+            reached, timeout, f"{', '.join(names)} at height {height}", names
+        )
 
     def wait_for_blocks(
         self, count: int, names: Iterable[str] | None = None, timeout: float = 30.0
@@ -486,8 +505,10 @@ class Cluster:
         """Until `names` all report one height; returns it."""
         names = list(names)
         self.wait_until(
-            lambda: len(set(self.heights(names).values())) == 1
-            and None not in self.heights(names).values(),
+            lambda: (
+                len(set(self.heights(names).values())) == 1
+                and None not in self.heights(names).values()
+            ),
             timeout,
             f"{', '.join(names)} at one height",
             names,

@@ -1,0 +1,96 @@
+"""Validators going away: the chain keeps going while a quorum remains, stops
+safely when it does not, and resumes when a quorum is back.
+
+What this proves, with 4 validators (a quorum is 3) and 1 auditor:
+
+- one validator stopped: transactions sent to the others and to the auditor
+  still become final;
+- two stopped: nothing is committed, and the live nodes all stay at one
+  height with the same block (no fork, no half-committed block); a
+  transaction submitted meanwhile waits in the mempool instead of being lost;
+- one of the two returns: commits resume, the waiting transaction becomes
+  final, and the returned validator, which missed blocks, catches up;
+- a validator hung with its connections open (SIGSTOP) does not stop the
+  others either, and it catches up once it runs again;
+- at the end all five nodes hold the same chain and the same balances.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from client.keys import Keypair
+from tests.harness.cluster import MERCHANT_RATE, launched_cluster
+
+log = logging.getLogger("tests.network")
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+
+STALL_S = 4.0
+
+
+@pytest.fixture
+def cluster(tmp_path, request):
+    with launched_cluster(tmp_path / "devnet", request) as running:
+        yield running
+
+
+def test_commits_need_a_quorum_and_resume_with_it(cluster):
+    merchant = cluster.register_merchant(via="v1")
+    customer = Keypair.generate()
+    spent = 0
+
+    def award(spend: int, via: str) -> dict:
+        nonlocal spent
+        spent += spend
+        return cluster.award(merchant, customer, spend, via)
+
+    log.info("one validator stopped: the other three and the auditor still commit")
+    cluster.stop("v4")
+    for via in ("v1", "v2", "v3", "a1"):
+        award(1000, via)
+    behind = cluster.wait_for_blocks(2, ["v1", "v2", "v3", "a1"])
+    log.info("v4 is now behind height=%d", behind)
+
+    log.info("two validators stopped: no quorum, so no block")
+    cluster.stop("v3")
+    live = ["v1", "v2", "a1"]
+    stalled_at = cluster.wait_for_same_height(live)
+    waiting = cluster.submit_pending(cluster.award_tx(merchant, customer, 500), "v1")
+    spent += 500
+    time.sleep(STALL_S)
+    heights = cluster.heights(live)
+    assert heights == dict.fromkeys(live, stalled_at), (
+        f"with 2 of 4 validators the live nodes moved from height {stalled_at}: "
+        f"{heights}\n{cluster.describe()}"
+    )
+    assert cluster.client("v1").tx(waiting)["status"] == "pending"
+    cluster.assert_consistent(live)
+
+    log.info("v4 returns: a quorum again; it catches up and the waiting tx is final")
+    cluster.start("v4")
+    final_at = cluster.wait_for_tx(waiting, ["v1", "v2", "v4", "a1"], timeout=30)
+    assert final_at > stalled_at
+    cluster.wait_for_blocks(2, ["v1", "v2", "v4", "a1"])
+
+    log.info("v3 returns too")
+    cluster.start("v3")
+    cluster.wait_for_blocks(2, cluster.members)
+
+    log.info("a validator hangs with its connections open: the rest still commit")
+    cluster.pause("v1")
+    hung_at = cluster.tip(["v2", "v3", "v4"])
+    award(700, "v2")
+    cluster.wait_for_height(["v2", "v3", "v4", "a1"], hung_at + 2, timeout=20)
+    cluster.resume("v1")
+    cluster.wait_for_blocks(1, cluster.members)
+
+    log.info("all five nodes hold the same chain and the same balance")
+    cluster.assert_consistent(cluster.members)
+    expected = spent * MERCHANT_RATE // 100
+    assert cluster.balances(customer, cluster.members) == dict.fromkeys(
+        cluster.members, expected
+    )
