@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,9 @@ from node.devnet import (
     DEFAULT_CHAIN_ID,
     WALLET_DIR,
     down,
+    start_node_process,
     up,
+    write_devnet,
 )
 from state.block import decode_block, decode_receipts
 from state.codec import encode, sha256
@@ -245,6 +248,11 @@ async def measure(
         latency = load.latencies_ms(paced)
         failed = dict(load.failed)
         height = load.height
+        auditors = [r for r in nodes if r["kind"] == "auditor"]
+        sync_rate = None
+        if auditors:
+            total = n + len(paced) + 1
+            sync_rate = await measure_auditor_sync(root, doc, auditors[0], load, total)
 
     threads = 2 if validators > 1 else 1
     verify_rate = measure_verify_rate_threads(threads)
@@ -265,6 +273,48 @@ async def measure(
         "verify_per_s": round(verify_rate),
         "ratio": round(tx_per_s / verify_rate, 3),
     }
+    if sync_rate is not None:
+        report["auditor_sync_tx_per_s"] = round(sync_rate)
     if failed:
         raise BenchError(f"receipts that are not ok: {failed}")
     return report
+
+
+async def measure_auditor_sync(
+    root: Path, doc: dict, record: dict, load: Load, transactions: int
+) -> float:
+    """Stop the auditor, wipe its database, start it again and time how long it
+    takes to sync and verify the chain: transactions per second."""
+    tip = (await load.status(load.urls[0]))["height"]
+    os.kill(record["pid"], signal.SIGTERM)
+    await asyncio.to_thread(wait_for_exit, record["pid"])
+    home = Path(record["home"])
+    shutil.rmtree(home / "data", ignore_errors=True)
+    shutil.rmtree(home / "consensus", ignore_errors=True)
+
+    started = time.monotonic()
+    process = start_node_process(home)
+    record["pid"] = process.pid
+    write_devnet(root, doc)  # so that `down` stops the new process
+    deadline = started + 300
+    while True:
+        try:
+            if (await load.status(record["api"]))["height"] >= tip:
+                break
+        except aiohttp.ClientError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            raise BenchError("the wiped auditor did not sync within 300 s")
+        await asyncio.sleep(0.05)
+    return transactions / (time.monotonic() - started)
+
+
+def wait_for_exit(pid: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)

@@ -192,6 +192,27 @@ def devnet_status(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def devnet_time(args: argparse.Namespace, out: Output) -> int:
+    from node.clock import ClockError, DevnetClock, write_clock_file
+    from node.devnet import CLOCK_FILE, read_devnet
+
+    root = Path(args.home)
+    call_devnet(read_devnet, root)  # refuses a folder that is not a devnet
+    path = root / CLOCK_FILE
+    now = DevnetClock(path)()
+    if not args.show:
+        target = (
+            args.set_ms if args.set_ms is not None else now + int(args.advance * 1000)
+        )
+        try:
+            write_clock_file(path, target)
+        except ClockError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+        now = target
+    out.emit({"now_ms": now})
+    return EXIT_OK
+
+
 def devnet_down(args: argparse.Namespace, out: Output) -> int:
     from node import devnet
 
@@ -336,6 +357,28 @@ def add_devnet_parser(commands: argparse._SubParsersAction) -> None:
         help="wait before SIGKILL (default: %(default)s)",
     )  # fmt: skip
     p.set_defaults(handler=devnet_down)
+
+    p = sub.add_parser(
+        "time",
+        help="move the devnet's shared clock forward (time travel)",
+        parents=[json_parent()],
+    )
+    p.add_argument("--home", required=True, metavar="DIR")
+    moves = p.add_mutually_exclusive_group(required=True)
+    moves.add_argument(
+        "--set-ms",
+        type=non_negative_int,
+        metavar="MS",
+        help="stop the clock at this Unix time in milliseconds",
+    )
+    moves.add_argument(
+        "--advance",
+        type=positive_float,
+        metavar="S",
+        help="move the clock this many seconds forward",
+    )
+    moves.add_argument("--show", action="store_true", help="print the clock")
+    p.set_defaults(handler=devnet_time)  # fmt: skip
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:

@@ -45,6 +45,9 @@ class NodeSection:
     kind: str = "validator"
     log_level: str = "info"
     log_format: str = "kv"  # "kv" (key=value) or "json"
+    # Devnet only: a shared clock file (node.clock); empty means the wall clock.
+    # A node whose genesis is not marked devnet refuses to start with one.
+    clock_file: str = ""
 
 
 @dataclass
@@ -125,6 +128,12 @@ class Config:
     @property
     def node_cert_path(self) -> Path:
         return self.home / NODE_CERT_FILE
+
+    @property
+    def clock_path(self) -> Path | None:
+        if not self.node.clock_file:
+            return None
+        return (self.home / self.node.clock_file).resolve()
 
     def to_toml(self) -> str:
         doc = {

@@ -21,6 +21,7 @@ a recycled pid is never signalled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from pathlib import Path
 from client.http import ApiError, Client, NodeUnreachable
 from client.keys import Keypair
 from client.keystore import save_keystore
+from node.clock import write_clock_file
 from node.config import (
     GENESIS_FILE,
     NODE_CERT_FILE,
@@ -55,6 +57,7 @@ from state.genesis import Genesis, parse_genesis
 log = logging.getLogger("node.devnet")
 
 DEVNET_FILE = "devnet.json"
+CLOCK_FILE = "clock.json"
 ADMIN_PASSWORD_FILE = "admin.password"
 WALLET_DIR = "wallets"
 ADMIN_WALLET = "admin"
@@ -111,9 +114,18 @@ def up(
     auditors: int = DEFAULT_AUDITORS,
     chain_id: str = DEFAULT_CHAIN_ID,
     timeout: float = 30.0,
+    seed: str | None = None,
+    genesis_time_ms: int | None = None,
+    block_interval_ms: int = BLOCK_INTERVAL_MS,
 ) -> dict:
     """Create (or restart) the devnet in `root`; returns its devnet.json document
-    once every node's API answers."""
+    once every node's API answers.
+
+    `seed` makes every key (nodes and admin) a function of it, so two devnets
+    made with one seed and one genesis time have the same genesis and, fed the
+    same transactions at the same block times, reach the same state roots.
+    With `genesis_time_ms` the shared devnet clock starts stopped at that time
+    (`perk devnet time` moves it on)."""
     root = root.resolve()
     if (root / DEVNET_FILE).exists():
         return restart(root, timeout)
@@ -122,12 +134,14 @@ def up(
         raise DevnetError(f"{root} exists and is not an empty folder", usage=True)
     root.mkdir(parents=True, exist_ok=True)
 
-    plans = plan_nodes(root, validators, auditors)
-    admin = create_admin_wallet(root)
-    genesis = build_genesis(chain_id, plans, admin)
+    plans = plan_nodes(root, validators, auditors, seed)
+    admin = create_admin_wallet(root, seed)
+    genesis = build_genesis(chain_id, plans, admin, genesis_time_ms)
     genesis.write(root / GENESIS_FILE)
+    if genesis_time_ms is not None:
+        write_clock_file(root / CLOCK_FILE, genesis_time_ms + 1)
     for plan in plans:
-        write_node_home(plan, plans, genesis)
+        write_node_home(plan, plans, genesis, block_interval_ms)
     doc = {
         "chain_id": genesis.chain_id,
         "genesis_hash": genesis.hash.hex(),
@@ -164,16 +178,31 @@ def check_sizes(validators: int, auditors: int) -> None:
         )
 
 
-def plan_nodes(root: Path, validators: int, auditors: int) -> list[NodePlan]:
+def plan_nodes(
+    root: Path, validators: int, auditors: int, seed: str | None = None
+) -> list[NodePlan]:
     names = [("validator", f"v{i}") for i in range(1, validators + 1)]
     names += [("auditor", f"a{i}") for i in range(1, auditors + 1)]
     ports = free_ports(2 * len(names))
     return [
         NodePlan(
-            name, kind, os.urandom(32), ports[2 * i], ports[2 * i + 1], root / name
+            name,
+            kind,
+            key_seed(seed, name),
+            ports[2 * i],
+            ports[2 * i + 1],
+            root / name,
         )
         for i, (kind, name) in enumerate(names)
     ]
+
+
+def key_seed(seed: str | None, name: str) -> bytes:
+    """A fresh random key, or with `seed` one derived from it (devnets only:
+    anyone who knows the seed has the key)."""
+    if seed is None:
+        return os.urandom(32)
+    return hashlib.sha256(f"perkchain/devnet-key/{seed}/{name}".encode()).digest()
 
 
 def free_ports(count: int) -> list[int]:
@@ -191,10 +220,10 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def create_admin_wallet(root: Path) -> Keypair:
+def create_admin_wallet(root: Path, seed: str | None = None) -> Keypair:
     """An admin key in an encrypted keystore, its random password beside it
     (mode 0600) so scripts can sign as the admin without a prompt."""
-    admin = Keypair.generate()
+    admin = Keypair.from_seed(key_seed(seed, ADMIN_WALLET))
     password = secrets.token_urlsafe(24)
     fd = os.open(
         root / ADMIN_PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
@@ -207,10 +236,17 @@ def create_admin_wallet(root: Path) -> Keypair:
     return admin
 
 
-def build_genesis(chain_id: str, plans: list[NodePlan], admin: Keypair) -> Genesis:
+def build_genesis(
+    chain_id: str,
+    plans: list[NodePlan],
+    admin: Keypair,
+    genesis_time_ms: int | None = None,
+) -> Genesis:
+    if genesis_time_ms is None:
+        genesis_time_ms = time.time_ns() // 1_000_000
     doc = {
         "chain_id": chain_id,
-        "genesis_time_ms": time.time_ns() // 1_000_000,
+        "genesis_time_ms": genesis_time_ms,
         "devnet": True,
         "validators": [
             {"name": p.name, "key": p.address} for p in plans if p.kind == "validator"
@@ -220,12 +256,19 @@ def build_genesis(chain_id: str, plans: list[NodePlan], admin: Keypair) -> Genes
     return parse_genesis(doc)
 
 
-def write_node_home(plan: NodePlan, plans: list[NodePlan], genesis: Genesis) -> None:
+def write_node_home(
+    plan: NodePlan,
+    plans: list[NodePlan],
+    genesis: Genesis,
+    block_interval_ms: int = BLOCK_INTERVAL_MS,
+) -> None:
     plan.home.mkdir(mode=0o700)
     write_node_key(plan.home / NODE_KEY_FILE, plan.seed)
     write_certificate(plan.home, plan.seed)
     genesis.write(plan.home / GENESIS_FILE)
-    node_config(plan, plans).save()
+    config = node_config(plan, plans)
+    config.consensus.block_interval_ms = block_interval_ms
+    config.save()
 
 
 def write_certificate(home: Path, seed: bytes) -> None:
@@ -245,7 +288,9 @@ def node_config(plan: NodePlan, plans: list[NodePlan]) -> Config:
         peers += [peer_entry(p, dial=False) for p in auditors]
         observers = [p.address for p in auditors]
     return Config(
-        node=NodeSection(name=plan.name, kind=plan.kind),
+        # Every node reads the devnet's shared clock file (node.clock); while
+        # the file does not exist that is the wall clock.
+        node=NodeSection(name=plan.name, kind=plan.kind, clock_file=f"../{CLOCK_FILE}"),
         api=ApiSection(host=HOST, port=plan.api_port),
         p2p=P2PSection(host=HOST, port=plan.p2p_port, peers=peers, observers=observers),
         consensus=ConsensusSection(

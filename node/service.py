@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from node.app import LedgerApp
-from node.config import Config
+from node.config import Config, ConfigError
 from node.events import EventBus
 from node.mempool import Admission, Mempool, MempoolFull
 from node.metrics import Metrics
@@ -85,6 +85,7 @@ class Node:
         self.api_port: int | None = None
         self.started = False
         self._verify_pool = ThreadPoolExecutor(VERIFY_THREADS, "verify")
+        self._clock = make_clock(config, genesis)
         self._rejections: dict[bytes, tuple[Code, str]] = {}
 
     @property
@@ -96,10 +97,9 @@ class Node:
         return self.genesis.chain_id
 
     def clock(self) -> int:
-        """The node's clock in milliseconds (wall clock for now)."""
-        import time
-
-        return time.time_ns() // 1_000_000
+        """The node's clock in milliseconds: the wall clock, or on a devnet the
+        shared clock file when one is configured (node.clock)."""
+        return self._clock()
 
     # --- lifecycle ---
 
@@ -410,3 +410,18 @@ def vars_of(status) -> dict:
     from dataclasses import asdict
 
     return asdict(status)
+
+
+def make_clock(config: Config, genesis: Genesis):
+    from node.clock import DevnetClock, wall_clock_ms
+
+    path = config.clock_path
+    if path is None:
+        return wall_clock_ms
+    if not genesis.devnet:
+        raise ConfigError(
+            f"[node] clock_file is set but chain {genesis.chain_id!r} is not a "
+            "devnet: a controllable clock is refused on any other chain"
+        )
+    log.warning("devnet clock in use path=%s", path)
+    return DevnetClock(path)

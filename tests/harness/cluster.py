@@ -150,6 +150,8 @@ class Cluster:
         self.auditor_count = auditors
         self.chain_id = chain_id
         self.nodes: dict[str, NodeProcess] = {}
+        # Nodes that are not part of the chain's layout (see add_outsider).
+        self.outsiders: set[str] = set()
         self.genesis: Genesis | None = None
         self.admin: Keypair | None = None
         self._doc: dict = {}
@@ -205,6 +207,7 @@ class Cluster:
         devnet.write_node_home(plan, [*validator_plans, plan], self.genesis)
         self.tune_config(plan.home)
         node = self.nodes[name] = NodeProcess(plan)
+        self.outsiders.add(name)
         self._doc["nodes"].append(devnet.node_record(plan))
         devnet.write_devnet(self.root, self._doc)
         log.info("outsider created name=%s address=%s", name, plan.address)
@@ -227,20 +230,31 @@ class Cluster:
 
     @property
     def validators(self) -> list[str]:
-        return [n.name for n in self.nodes.values() if n.plan.kind == "validator"]
+        return self.of_kind("validator")
 
     @property
     def auditors(self) -> list[str]:
+        return self.of_kind("auditor")
+
+    def of_kind(self, kind: str) -> list[str]:
         return [
             n.name
             for n in self.nodes.values()
-            if n.plan.kind == "auditor" and n.name.startswith("a")
+            if n.kind == kind and n.name not in self.outsiders
         ]
 
     @property
     def members(self) -> list[str]:
         """The nodes of the chain as genesis and the devnet layout made them."""
         return [*self.validators, *self.auditors]
+
+    def crashed_nodes(self) -> list[str]:
+        """Nodes whose process exited without the cluster stopping it."""
+        return [
+            n.name
+            for n in self.nodes.values()
+            if n.process is not None and not n.running and not n.expected_exit
+        ]
 
     def running_nodes(self) -> list[str]:
         return [n.name for n in self.nodes.values() if n.running and not n.paused]
@@ -504,16 +518,15 @@ class Cluster:
     def wait_for_same_height(self, names: Iterable[str], timeout: float = 10.0) -> int:
         """Until `names` all report one height; returns it."""
         names = list(names)
-        self.wait_until(
-            lambda: (
-                len(set(self.heights(names).values())) == 1
-                and None not in self.heights(names).values()
-            ),
-            timeout,
-            f"{', '.join(names)} at one height",
-            names,
-        )
-        return self.height(names[0])
+        seen: set[int | None] = set()
+
+        def one_height() -> bool:
+            seen.clear()
+            seen.update(self.heights(names).values())
+            return len(seen) == 1 and None not in seen
+
+        self.wait_until(one_height, timeout, f"{', '.join(names)} at one height", names)
+        return seen.pop()
 
     def wait_for_tx(
         self, tx_hash: str, names: Iterable[str], timeout: float = SUBMIT_WAIT_S
@@ -682,10 +695,12 @@ def launched_cluster(
     auditors: int = devnet.DEFAULT_AUDITORS,
 ) -> Iterator[Cluster]:
     """A started cluster committing blocks; every process stopped afterwards,
-    and the tail of every node's log printed if the test failed."""
+    and the tail of every node's log printed if the test failed. A node that
+    exited on its own during the test fails it here."""
     cluster = Cluster(root, validators, auditors)
     failed_before = request.session.testsfailed
     setup_failed = True
+    crashed: list[str] = []
     try:
         cluster.create()
         cluster.start()
@@ -693,10 +708,12 @@ def launched_cluster(
         log.info("cluster committing\n%s", cluster.describe())
         setup_failed = False
         yield cluster
+        crashed = cluster.crashed_nodes()
     finally:
-        if setup_failed or request.session.testsfailed > failed_before:
+        if setup_failed or crashed or request.session.testsfailed > failed_before:
             print_logs(cluster)
         cluster.shutdown()
+    assert not crashed, f"nodes exited on their own: {crashed}"
 
 
 def print_logs(cluster: Cluster) -> None:

@@ -44,7 +44,9 @@ class SteadyLoad:
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="steady-load")
+        self._thread = threading.Thread(
+            target=self.run, name="steady-load", daemon=True
+        )
         self._thread.start()
         log.info("steady load started targets=%s", ",".join(self.targets))
 
