@@ -20,8 +20,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The main job: a local network of 4 validators and an auditor in ./devnet,
+# fed the real retail data of data/, then audited; stopped at the end.
 run: $(STAMP)
-	$(BIN)/perk run
+	$(BIN)/perk replay --home devnet
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,4 +36,4 @@ bench: $(STAMP)
 	$(BIN)/perk bench ledger
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache devnet

@@ -313,8 +313,14 @@ def wait_for_exit(pid: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
+            # Our own child (started by `up` in this process) must be reaped,
+            # or it lingers as a zombie that still answers kill(pid, 0).
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)

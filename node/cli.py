@@ -40,6 +40,7 @@ from node.cli_common import (
     positive_int,
     print_table,
 )
+from node.cli_replay import add_replay_parser
 from node.cli_wallet import add_wallet_parsers
 from node.config import (
     CONFIG_FILE,
@@ -279,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_chain_parsers(commands)
     add_bench_parser(commands)
     add_audit_parser(commands)
+    add_replay_parser(commands)
     return parser
 
 

@@ -139,7 +139,9 @@ def up(
     genesis = build_genesis(chain_id, plans, admin, genesis_time_ms)
     genesis.write(root / GENESIS_FILE)
     if genesis_time_ms is not None:
-        write_clock_file(root / CLOCK_FILE, genesis_time_ms + 1)
+        # Stopped just past a heartbeat after genesis, so the first block (which
+        # `up` waits for) is made at once.
+        write_clock_file(root / CLOCK_FILE, genesis_time_ms + HEARTBEAT_MS + 1000)
     for plan in plans:
         write_node_home(plan, plans, genesis, block_interval_ms)
     doc = {

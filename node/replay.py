@@ -1,0 +1,376 @@
+"""`perk replay`: real retail purchases through a live local network.
+
+The replay sets up a coalition program as a company would, then feeds the
+invoices of the UCI Online Retail data (node.retail_data) through the HTTP
+API of a devnet, in the data's own time:
+
+- one merchant per country (the data's only notion of a store), earning
+  10 coins per 100 pence spent, registered by the program admin;
+- each sale invoice with a customer is a purchase award signed by its
+  merchant, with the invoice number as order id;
+- each cancellation (`C` invoice) refunds the customer's latest earlier
+  purchases at that merchant, newest first, up to the cancelled amount (the
+  data does not say which order a return belongs to; this rule does);
+- customers redeem at a partner: at the end of each data day, a customer whose
+  balance reached REDEEM_THRESHOLD coins redeems half of it, in whole hundreds,
+  at the merchant that follows their own in alphabetical order;
+- block time follows the data: before each data day the devnet clock (a
+  devnet-only control, node.clock) is set to that day's last invoice time, the
+  day's transactions go to one validator as one batch, and the replay waits
+  until they are final before moving the clock on. Rules that read block time
+  therefore see the data's days, and two runs over the same rows reach the
+  same state root.
+
+Accounts are derived from the data's opaque customer numbers with a hash, as a
+program's CRM would derive them from its own ids (docs/loyalty.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from client import builders
+from client.keys import Keypair
+from client.keystore import load_keystore
+from node.audit import audit_api
+from node.devnet import ADMIN_PASSWORD_FILE, WALLET_DIR, down, up
+from node.retail_data import Invoice, ReadStats, data_files, read_invoices
+from state.address import address_of
+from state.block import decode_block, decode_receipts
+from state.codec import encode, sha256
+from state.codes import Code
+from state.genesis import load_genesis
+
+EARN_RATE = 10  # coins per 100 pence
+MERCHANT_DAILY_CAP = 10**12
+REDEEM_THRESHOLD = 1_000
+TTL_S = 3_000
+BLOCK_INTERVAL_MS = 100
+SEED = "replay"
+CHAIN_ID = "perk-replay-1"
+MSGPACK = "application/msgpack"
+BATCH = 2_000
+SECONDS_PER_DAY = 86_400
+
+
+def customer_key(customer: str) -> Keypair:
+    seed = hashlib.sha256(f"perk-replay/customer/{customer}".encode()).digest()
+    return Keypair.from_seed(seed)
+
+
+def merchant_key(country: str) -> Keypair:
+    seed = hashlib.sha256(f"perk-replay/merchant/{country}".encode()).digest()
+    return Keypair.from_seed(seed)
+
+
+@dataclass
+class Tracking:
+    """What the replay learns from receipts as it goes."""
+
+    submitted_at: dict[bytes, float] = field(default_factory=dict)
+    final_at: dict[bytes, float] = field(default_factory=dict)
+    codes: Counter = field(default_factory=Counter)
+    kinds: Counter = field(default_factory=Counter)
+    balances: Counter = field(default_factory=Counter)
+    height: int = 0
+
+
+class Replay:
+    def __init__(self, session: aiohttp.ClientSession, doc: dict, root: Path):
+        self.session = session
+        self.doc = doc
+        self.root = root
+        self.validators = [n["api"] for n in doc["nodes"] if n["kind"] == "validator"]
+        self.auditors = [n["api"] for n in doc["nodes"] if n["kind"] == "auditor"]
+        self.chain_id = doc["chain_id"]
+        password = (root / ADMIN_PASSWORD_FILE).read_text().strip()
+        self.admin = load_keystore(root / WALLET_DIR / "admin.json", password)
+        self.track = Tracking()
+        self.kind_of: dict[bytes, str] = {}
+        # Per customer and merchant: [order id, amount not yet refunded], oldest
+        # first; what a cancellation can refund.
+        self.orders: dict[tuple[str, str], list[list]] = defaultdict(list)
+        self.unmatched_refunds = 0
+        self.merchants: list[str] = []
+
+    # --- the clock and the chain ---
+
+    def set_clock(self, time_s: int) -> None:
+        from node.clock import write_clock_file
+        from node.devnet import CLOCK_FILE
+
+        write_clock_file(self.root / CLOCK_FILE, time_s * 1000)
+
+    async def status(self, url: str) -> dict:
+        async with self.session.get(f"{url}/v1/status") as response:
+            return await response.json()
+
+    async def submit(self, txs: list[tuple[str, bytes]]) -> None:
+        """Send one day's transactions to one validator, as ordered batches."""
+        url = self.validators[0]
+        for i in range(0, len(txs), BATCH):
+            chunk = txs[i : i + BATCH]
+            now = time.monotonic()
+            for kind, raw in chunk:
+                tx_hash = sha256(raw)
+                self.track.submitted_at[tx_hash] = now
+                self.kind_of[tx_hash] = kind
+            async with self.session.post(
+                f"{url}/v1/transactions/batch",
+                data=encode([raw for _, raw in chunk]),
+                headers={"Content-Type": MSGPACK},
+            ) as response:
+                doc = await response.json(content_type=None)
+            if response.status != 200:
+                raise RuntimeError(f"batch refused: {response.status} {doc}")
+            for (_, raw), result in zip(chunk, doc["results"], strict=True):
+                if result.get("status") != "pending":
+                    self.track.codes[f"refused:{result.get('code')}"] += 1
+                    self.track.submitted_at.pop(sha256(raw), None)
+
+    async def wait_final(self, timeout: float = 120.0) -> None:
+        """Follow blocks until everything submitted is final."""
+        url = self.validators[0]
+        deadline = time.monotonic() + timeout
+        while any(h not in self.track.final_at for h in self.track.submitted_at):
+            if time.monotonic() > deadline:
+                raise RuntimeError("transactions not final in time")
+            tip = (await self.status(url))["height"]
+            while self.track.height < tip:
+                await self.read_block(url, self.track.height + 1)
+                self.track.height += 1
+            await asyncio.sleep(0.02)
+
+    async def read_block(self, url: str, height: int) -> None:
+        async with self.session.get(f"{url}/v1/blocks/{height}/raw") as response:
+            doc = await response.json()
+        now = time.monotonic()
+        block = decode_block(bytes.fromhex(doc["block"]))
+        receipts = decode_receipts(bytes.fromhex(doc["receipts"]))
+        for raw, receipt in zip(block.txs, receipts, strict=True):
+            tx_hash = sha256(raw)
+            if tx_hash not in self.track.submitted_at:
+                continue
+            self.track.final_at[tx_hash] = now
+            self.track.codes[receipt.code.slug] += 1
+            self.track.kinds[(self.kind_of[tx_hash], receipt.code.slug)] += 1
+            for _, account, delta in receipt.events:
+                self.track.balances[account] += delta
+
+    # --- the program ---
+
+    async def set_up_program(self, invoices: list[Invoice], start_s: int) -> None:
+        self.merchants = sorted({i.country for i in invoices})
+        self.set_clock(start_s)
+        txs = [
+            (
+                "register_merchant",
+                builders.register_merchant(
+                    self.admin, self.chain_id, start_s + TTL_S,
+                    merchant_key(country).public_key, country[:64], EARN_RATE,
+                    MERCHANT_DAILY_CAP,
+                ),
+            )
+            for country in self.merchants
+        ]  # fmt: skip
+        await self.submit(txs)
+        await self.wait_final()
+
+    # --- one data day ---
+
+    def day_transactions(self, day: list[Invoice], now_s: int) -> list[tuple]:
+        expires = now_s + TTL_S
+        txs = []
+        for invoice in day:
+            merchant = merchant_key(invoice.country)
+            customer = customer_key(invoice.customer)
+            key = (invoice.customer, invoice.country)
+            if not invoice.is_cancellation:
+                raw = builders.award_purchase(
+                    merchant, self.chain_id, expires, customer.public_key,
+                    invoice.number, invoice.pence,
+                )  # fmt: skip
+                txs.append(("award", raw))
+                self.orders[key].append([invoice.number, invoice.pence])
+                continue
+            txs.extend(self.refunds_for(invoice, merchant, expires))
+        return txs
+
+    def refunds_for(self, invoice: Invoice, merchant: Keypair, expires: int) -> list:
+        refund = getattr(builders, "refund_purchase", None)
+        if refund is None:
+            self.unmatched_refunds += 1
+            return []
+        remaining = -invoice.pence
+        out = []
+        for order in reversed(self.orders[(invoice.customer, invoice.country)]):
+            if remaining <= 0:
+                break
+            part = min(remaining, order[1])
+            if part <= 0:
+                continue
+            order[1] -= part
+            remaining -= part
+            raw = refund(merchant, self.chain_id, expires, order[0], part)
+            out.append(("refund", raw))
+        if remaining > 0:
+            self.unmatched_refunds += 1
+        return out
+
+    def redemptions(self, now_s: int) -> list[tuple]:
+        """Customers at or over the threshold redeem half, in hundreds, at the
+        next merchant after their own (alphabetical, wrapping)."""
+        out = []
+        home: dict[bytes, str] = {}
+        for customer, country in self.orders:
+            home.setdefault(customer_key(customer).public_key, country)
+        for account in sorted(home):
+            balance = self.track.balances[account]
+            if balance < REDEEM_THRESHOLD:
+                continue
+            amount = balance // 2 // 100 * 100
+            i = self.merchants.index(home[account])
+            partner = self.merchants[(i + 1) % len(self.merchants)]
+            key = self.customer_keys[account]
+            raw = builders.redeem(
+                key, self.chain_id, now_s + TTL_S, merchant_key(partner).public_key,
+                amount, "replay",
+            )  # fmt: skip
+            out.append(("redeem", raw))
+        return out
+
+    async def run(self, invoices: list[Invoice], progress=None) -> None:
+        self.started = time.monotonic()
+        self.customer_keys = {
+            customer_key(c).public_key: customer_key(c)
+            for c in {i.customer for i in invoices}
+        }
+        days: dict[int, list[Invoice]] = defaultdict(list)
+        for invoice in invoices:
+            days[invoice.time_s // SECONDS_PER_DAY].append(invoice)
+        for day in sorted(days):
+            batch = days[day]
+            now_s = max(i.time_s for i in batch)
+            self.set_clock(now_s)
+            txs = self.day_transactions(batch, now_s) + self.redemptions(now_s)
+            await self.submit(txs)
+            await self.wait_final()
+            if progress is not None:
+                elapsed = time.monotonic() - self.started
+                rate = len(self.track.final_at) / elapsed if elapsed else 0.0
+                progress(sum(i.lines for i in batch), self.track.height, rate)
+
+
+async def replay(
+    root: Path,
+    limit: int | None,
+    keep: bool,
+    progress_factory=None,
+) -> dict:
+    invoices, stats = read_invoices(data_files(), limit)
+    if not invoices:
+        raise RuntimeError("no usable invoices in the rows read")
+    start_s = invoices[0].time_s // SECONDS_PER_DAY * SECONDS_PER_DAY - 3_600
+    if root.exists():
+        shutil.rmtree(root)
+    doc = await asyncio.to_thread(
+        up, root, 4, 1, CHAIN_ID, 60.0, SEED, (start_s - 60) * 1000, BLOCK_INTERVAL_MS
+    )
+    started = time.monotonic()
+    try:
+        timeout = aiohttp.ClientTimeout(total=300)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            r = Replay(session, doc, root)
+            await r.set_up_program(invoices, start_s)
+            progress = progress_factory(stats.rows_used) if progress_factory else None
+            await r.run(invoices, progress)
+            elapsed = time.monotonic() - started
+            report = await build_report(r, invoices, stats, elapsed, root)
+    finally:
+        if not keep:
+            await asyncio.to_thread(down, root)
+    return report
+
+
+async def build_report(
+    r: Replay, invoices: list[Invoice], stats: ReadStats, elapsed: float, root: Path
+) -> dict:
+    track = r.track
+    latencies = sorted(
+        (track.final_at[h] - track.submitted_at[h]) * 1000 for h in track.final_at
+    )
+    committed = len(track.final_at)
+    roots = await state_roots_at(r, track.height)
+    merchants = []
+    for country in r.merchants:
+        address = address_of(merchant_key(country).public_key)
+        async with r.session.get(f"{r.validators[0]}/v1/merchants/{address}") as resp:
+            m = await resp.json()
+        merchants.append(
+            {
+                "merchant": country,
+                "issued": m["issued"],
+                "redeemed_at": m["redeemed"],
+                "net_coins": m["redeemed"] - m["issued"],
+            }
+        )
+    merchants.sort(key=lambda m: -m["issued"])
+    issued = sum(m["issued"] for m in merchants)
+    redeemed = sum(m["redeemed_at"] for m in merchants)
+
+    genesis = load_genesis(root / "genesis.json")
+    from client.http import AsyncClient
+
+    async with AsyncClient(r.auditors[0]) as api:
+        audit = await audit_api(genesis, api)
+
+    failed = {c: n for c, n in track.codes.items() if c != Code.OK.slug}
+    return {
+        "rows_read": stats.rows,
+        "rows_used": stats.rows_used,
+        "rows_skipped": dict(sorted(stats.skipped.items())),
+        "invoices": len(invoices),
+        "sales": sum(1 for i in invoices if not i.is_cancellation),
+        "cancellations": sum(1 for i in invoices if i.is_cancellation),
+        "unmatched_refunds": r.unmatched_refunds,
+        "committed": committed,
+        "committed_ok": track.codes.get(Code.OK.slug, 0),
+        "failed_by_code": failed,
+        "by_kind": {f"{k}:{c}": n for (k, c), n in sorted(track.kinds.items())},
+        "coins_issued": issued,
+        "coins_redeemed": redeemed,
+        "coins_outstanding": issued - redeemed,
+        "top_merchants": merchants[:5],
+        "height": track.height,
+        "seconds": round(elapsed, 1),
+        "tx_per_s": round(committed / elapsed) if elapsed else 0,
+        "p50_ms": round(latencies[len(latencies) // 2], 1) if latencies else 0,
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)], 1) if latencies else 0,
+        "state_root": next(iter(roots)),
+        "state_roots_agree": len(roots) == 1,
+        "audit_ok": audit.ok and len(roots) == 1,
+        "audit": audit.to_json(),
+    }
+
+
+async def state_roots_at(r: Replay, height: int, timeout: float = 30.0) -> set[str]:
+    """The state root every node reports for block `height` (waiting for
+    nodes that have not reached it yet)."""
+    roots = set()
+    deadline = time.monotonic() + timeout
+    for url in r.validators + r.auditors:
+        while (await r.status(url))["height"] < height:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not reach height {height}")
+            await asyncio.sleep(0.05)
+        async with r.session.get(f"{url}/v1/blocks/{height}") as response:
+            roots.add((await response.json())["header"]["state_root"])
+    return roots
