@@ -12,8 +12,9 @@ API of a devnet, in the data's own time:
   purchases at that merchant, newest first, up to the cancelled amount (the
   data does not say which order a return belongs to; this rule does);
 - customers redeem at a partner: at the end of each data day, a customer whose
-  balance reached REDEEM_THRESHOLD coins redeems half of it, in whole hundreds,
-  at the merchant that follows their own in alphabetical order;
+  balance reached twice VOUCHER_COINS redeems one voucher of VOUCHER_COINS at
+  the merchant that follows their own in alphabetical order (so coalition
+  settlement has something to settle);
 - block time follows the data: before each data day the devnet clock (a
   devnet-only control, node.clock) is set to that day's last invoice time, the
   day's transactions go to one validator as one batch, and the replay waits
@@ -51,7 +52,7 @@ from state.genesis import load_genesis
 
 EARN_RATE = 10  # coins per 100 pence
 MERCHANT_DAILY_CAP = 10**12
-REDEEM_THRESHOLD = 1_000
+VOUCHER_COINS = 5_000  # what £500 of purchases earns at 10 coins per £1
 TTL_S = 3_000
 BLOCK_INTERVAL_MS = 100
 SEED = "replay"
@@ -226,17 +227,16 @@ class Replay:
         return out
 
     def redemptions(self, now_s: int) -> list[tuple]:
-        """Customers at or over the threshold redeem half, in hundreds, at the
+        """Customers with at least two vouchers' worth redeem one voucher at the
         next merchant after their own (alphabetical, wrapping)."""
         out = []
         home: dict[bytes, str] = {}
         for customer, country in self.orders:
             home.setdefault(customer_key(customer).public_key, country)
         for account in sorted(home):
-            balance = self.track.balances[account]
-            if balance < REDEEM_THRESHOLD:
+            if self.track.balances[account] < 2 * VOUCHER_COINS:
                 continue
-            amount = balance // 2 // 100 * 100
+            amount = VOUCHER_COINS
             i = self.merchants.index(home[account])
             partner = self.merchants[(i + 1) % len(self.merchants)]
             key = self.customer_keys[account]

@@ -70,9 +70,7 @@ def first_day_of_next_year(day: int) -> int:
     return days_from_civil(year + 1, 1, 1)
 
 
-def expiry_time(
-    policy: int, days: int, available_s: int, offset_minutes: int
-) -> int:
+def expiry_time(policy: int, days: int, available_s: int, offset_minutes: int) -> int:
     """When coins that become spendable at `available_s` expire; 0 is never.
 
     Expiry always falls on a program midnight, so coins earned on one day by

@@ -62,9 +62,14 @@ class Kind(IntEnum):
     REGISTER_MERCHANT = 1
     UPDATE_MERCHANT = 2
     SET_ACCOUNT_FROZEN = 3
+    PROPOSE_CHANGE = 4
+    APPROVE_CHANGE = 5
     AWARD_PURCHASE = 10
+    REFUND_PURCHASE = 11
+    ENGAGEMENT_REWARD = 12
     REDEEM = 20
     TRANSFER = 21
+    REVERSE_REDEMPTION = 22
     VALIDATOR_VOTE = 30
     REPORT_EVIDENCE = 31
 
@@ -72,6 +77,17 @@ class Kind(IntEnum):
 class ValidatorAction(IntEnum):
     ADD = 1
     REMOVE = 2
+
+
+# The kinds of a program change and their arguments live in state.changes.
+MAX_CATEGORY = 32
+HASH_BYTES = 32
+
+
+class EngagementKind(IntEnum):
+    FEEDBACK = 1
+    CONSULTATION = 2
+    SURVEY = 3
 
 
 # --- payloads -------------------------------------------------------------------
@@ -99,9 +115,49 @@ class SetAccountFrozen(NamedTuple):
 
 
 class AwardPurchase(NamedTuple):
+    """A purchase: `amount` minor units, of which `paid_with_coins` were paid
+    with coins (they earn nothing); `category` selects a category rate."""
+
     customer: bytes
     order_id: str
     amount: int
+    paid_with_coins: int = 0
+    category: str = ""
+
+
+class RefundPurchase(NamedTuple):
+    """The merchant refunds `amount` minor units of its order `order_id`."""
+
+    order_id: str
+    amount: int
+
+
+class EngagementReward(NamedTuple):
+    """Fixed coins for feedback, a consultation or a survey; `reference` is
+    unique per awarder, so a retried reward is credited once."""
+
+    customer: bytes
+    kind: EngagementKind
+    reference: str
+
+
+class ReverseRedemption(NamedTuple):
+    """The accepting merchant cancels the redemption with this tx hash."""
+
+    redemption: bytes
+
+
+class ProposeChange(NamedTuple):
+    """A program change; approved by `admin_threshold` admins before
+    `deadline` (block time, seconds), its id is this transaction's hash."""
+
+    action: IntEnum  # state.changes.ChangeAction
+    args: NamedTuple
+    deadline: int
+
+
+class ApproveChange(NamedTuple):
+    proposal: bytes
 
 
 class Redeem(NamedTuple):
@@ -173,12 +229,67 @@ def _parse_frozen(p: list) -> SetAccountFrozen:
 
 
 def _parse_award(p: list) -> AwardPurchase:
+    # The short form is the only spelling of an award with no coin payment and
+    # no category, so one award has one encoding.
+    if type(p) is list and len(p) == 5:
+        award = AwardPurchase(
+            _key(p[0], "customer"),
+            check_text(p[1], "order_id", MAX_ORDER_ID, 1),
+            _int(p[2], "amount"),
+            _int(p[3], "paid_with_coins"),
+            check_text(p[4], "category", MAX_CATEGORY),
+        )
+        if award.paid_with_coins == 0 and award.category == "":
+            raise DecodeError("payload: use the 3-field form without extras")
+        return award
     check_array(p, 3, "payload")
     return AwardPurchase(
         _key(p[0], "customer"),
         check_text(p[1], "order_id", MAX_ORDER_ID, 1),
         _int(p[2], "amount"),
     )
+
+
+def _parse_refund(p: list) -> RefundPurchase:
+    check_array(p, 2, "payload")
+    return RefundPurchase(
+        check_text(p[0], "order_id", MAX_ORDER_ID, 1), _int(p[1], "amount")
+    )
+
+
+def _engagement_kind(value: Any) -> EngagementKind:
+    kind = check_uint(value, "kind")
+    if kind not in EngagementKind._value2member_map_:
+        raise DecodeError(f"kind: {kind} is not 1, 2 or 3")
+    return EngagementKind(kind)
+
+
+def _parse_engagement(p: list) -> EngagementReward:
+    check_array(p, 3, "payload")
+    return EngagementReward(
+        _key(p[0], "customer"),
+        _engagement_kind(p[1]),
+        check_text(p[2], "reference", MAX_ORDER_ID, 1),
+    )
+
+
+def _parse_reverse(p: list) -> ReverseRedemption:
+    check_array(p, 1, "payload")
+    return ReverseRedemption(check_bytes(p[0], "redemption", HASH_BYTES))
+
+
+def _parse_propose(p: list) -> ProposeChange:
+    check_array(p, 3, "payload")
+    action = check_uint(p[0], "action")
+    args = changes.parse_change(action, p[1])
+    return ProposeChange(
+        changes.ChangeAction(action), args, check_uint(p[2], "deadline")
+    )
+
+
+def _parse_approve(p: list) -> ApproveChange:
+    check_array(p, 1, "payload")
+    return ApproveChange(check_bytes(p[0], "proposal", HASH_BYTES))
 
 
 def _parse_redeem(p: list) -> Redeem:
@@ -221,9 +332,14 @@ PAYLOAD_PARSERS = {
     Kind.REGISTER_MERCHANT: _parse_register,
     Kind.UPDATE_MERCHANT: _parse_update,
     Kind.SET_ACCOUNT_FROZEN: _parse_frozen,
+    Kind.PROPOSE_CHANGE: _parse_propose,
+    Kind.APPROVE_CHANGE: _parse_approve,
     Kind.AWARD_PURCHASE: _parse_award,
+    Kind.REFUND_PURCHASE: _parse_refund,
+    Kind.ENGAGEMENT_REWARD: _parse_engagement,
     Kind.REDEEM: _parse_redeem,
     Kind.TRANSFER: _parse_transfer,
+    Kind.REVERSE_REDEMPTION: _parse_reverse,
     Kind.VALIDATOR_VOTE: _parse_validator_vote,
     Kind.REPORT_EVIDENCE: _parse_evidence,
 }
@@ -333,11 +449,17 @@ def decode_tx(raw: bytes) -> Transaction:
 def check_amounts(tx: Transaction) -> None:
     """Refuse amounts and rates outside their stated ranges (AMOUNT_OUT_OF_RANGE)."""
     p = tx.payload
-    if tx.kind in (Kind.AWARD_PURCHASE, Kind.REDEEM, Kind.TRANSFER):
+    if tx.kind in (Kind.AWARD_PURCHASE, Kind.REDEEM, Kind.TRANSFER,
+                   Kind.REFUND_PURCHASE):  # fmt: skip
         if not 1 <= p.amount <= MAX_AMOUNT:
             raise TxRejected(
                 Code.AMOUNT_OUT_OF_RANGE,
                 f"amount {p.amount} is outside 1..{MAX_AMOUNT}",
+            )
+        if tx.kind == Kind.AWARD_PURCHASE and not 0 <= p.paid_with_coins <= p.amount:
+            raise TxRejected(
+                Code.AMOUNT_OUT_OF_RANGE,
+                f"paid_with_coins {p.paid_with_coins} is outside 0..{p.amount}",
             )
     elif tx.kind in (Kind.REGISTER_MERCHANT, Kind.UPDATE_MERCHANT):
         if not 0 <= p.rate <= MAX_RATE:
@@ -418,3 +540,8 @@ class SignatureCache:
         before; raises TxRejected when it is malformed."""
         tx = self._txs.get(sha256(raw))
         return tx if tx is not None else decode_tx(raw)
+
+
+# Program changes parse their arguments with state.changes, which builds on the
+# payload types above; imported last so either module may be imported first.
+import state.changes as changes  # noqa: E402
