@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,6 +58,7 @@ from state.genesis import Genesis, parse_genesis
 log = logging.getLogger("node.devnet")
 
 DEVNET_FILE = "devnet.json"
+PORT_ATTEMPTS = 3
 CLOCK_FILE = "clock.json"
 ADMIN_PASSWORD_FILE = "admin.password"
 WALLET_DIR = "wallets"
@@ -132,8 +134,34 @@ def up(
     check_sizes(validators, auditors)
     if root.exists() and any(root.iterdir()):
         raise DevnetError(f"{root} exists and is not an empty folder", usage=True)
-    root.mkdir(parents=True, exist_ok=True)
+    for attempt in range(PORT_ATTEMPTS):
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            return create(
+                root, validators, auditors, chain_id, timeout, seed,
+                genesis_time_ms, block_interval_ms,
+            )  # fmt: skip
+        except DevnetError as exc:
+            # Ports are picked free, then released for the nodes to bind; another
+            # process can take one in between. Start again with new ports.
+            if "cannot listen" not in str(exc) or attempt == PORT_ATTEMPTS - 1:
+                raise
+            log.warning("devnet port taken meanwhile; retrying attempt=%d", attempt + 2)
+            shutil.rmtree(root)
+    raise AssertionError("unreachable")
 
+
+def create(
+    root: Path,
+    validators: int,
+    auditors: int,
+    chain_id: str,
+    timeout: float,
+    seed: str | None,
+    genesis_time_ms: int | None,
+    block_interval_ms: int,
+) -> dict:
+    """Keys, genesis and node homes in the empty folder `root`; then start."""
     plans = plan_nodes(root, validators, auditors, seed)
     admin = create_admin_wallet(root, seed)
     genesis = build_genesis(chain_id, plans, admin, genesis_time_ms)

@@ -68,7 +68,11 @@ class EarningRules(Books):
         rules = self.rules
 
         spend = p.amount - p.paid_with_coins
-        base = 0 if spend < rules.min_spend else spend * merchant.rate_for(p.category) // 100
+        base = (
+            0
+            if spend < rules.min_spend
+            else spend * merchant.rate_for(p.category) // 100
+        )
         history = (
             prune_history(customer.history, self.day, rules.tier_window_days)
             if rules.tiers_on

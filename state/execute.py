@@ -33,7 +33,9 @@ from state.block import (
 )
 from state.codec import encode
 from state.codes import Code
+from state.genesis import Genesis
 from state.ledger import Ledger, StateView
+from state.program import Rules
 from state.root import Accumulator
 from state.store import Store
 from state.tx import (
@@ -65,6 +67,9 @@ class BlockResult:
     state_writes: dict[bytes, bytes | None]
     accumulator: Accumulator
     dropped: list[tuple[Transaction, Code, str]] = field(default_factory=list)
+    # (account, issuer, coins) that expired at the start of the block; not
+    # state, for indexers (expiry has no transaction and so no receipt).
+    expirations: list[tuple[bytes, bytes, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Each receipt is encoded once: for the results root and for the store.
@@ -80,11 +85,19 @@ class BlockResult:
         return encode_array_of_encoded(self.encoded_receipts)
 
 
+def genesis_rules(genesis: Genesis | None) -> Rules:
+    """The loyalty rules that hold until a program change first writes them."""
+    if genesis is None:
+        return Rules()
+    return genesis.program.loyalty
+
+
 class Executor:
     def __init__(self, store: Store, signatures: SignatureCache | None = None):
         self.store = store
         # Not `signatures or ...`: an empty cache is falsy (it has a length).
         self.signatures = signatures if signatures is not None else SignatureCache()
+        self.genesis_rules = genesis_rules(getattr(store, "genesis", None))
 
     # --- admission ---
 
@@ -181,14 +194,23 @@ class Executor:
         """Apply admitted transactions in order; no store writes."""
         view = StateView(self.store.get_state)
         height = self.store.height + 1
-        ledger = Ledger(view, time_ms // 1000, height, self.store.chain_id)
+        ledger = Ledger(
+            view, time_ms // 1000, height, self.store.chain_id, self.genesis_rules
+        )
+        ledger.begin_block(self.scan_state)
         receipts = [ledger.apply(tx) for tx in txs]
         ledger.end_block()
         accumulator = self.store.accumulator.copy()
         writes = view.finish(accumulator)
-        return BlockResult(
+        result = BlockResult(
             self.store.height + 1, time_ms, txs, receipts, writes, accumulator
         )
+        result.expirations = ledger.expirations
+        return result
+
+    def scan_state(self, start: bytes, stop: bytes):
+        """Committed state keys in [start, stop), in order (the expiry index)."""
+        return self.store.db.iterator(start=start, stop=stop, include_value=False)
 
     def make_header(
         self,

@@ -66,7 +66,9 @@ class SpendingRules(Books):
             coins = sign * by_issuer[issuer]
             entry = self.view.entry(matrix_key(redeemer, issuer))
             total = (entry.value[0] if entry.value else 0) + coins
-            self.view.put(matrix_key(redeemer, issuer), Entry([total] if total else None))
+            self.view.put(
+                matrix_key(redeemer, issuer), Entry([total] if total else None)
+            )
             counters.add_by_issuer(issuer, coins)
         self.view.put_day(redeemer, self.day, counters)
 
