@@ -22,12 +22,25 @@ memo or expiry, or the second is a duplicate.
 from __future__ import annotations
 
 from client.keys import PUBLIC_KEY_BYTES, Keypair, parse_address
-from state.tx import Kind, TxRejected, ValidatorAction, build_signed, decode_tx
+from state.changes import ChangeAction
+from state.tx import (
+    EngagementKind,
+    Kind,
+    TxRejected,
+    ValidatorAction,
+    build_signed,
+    decode_tx,
+)
 
 __all__ = [
     "AccountRef",
     "BuildError",
+    "approve_change",
     "award_purchase",
+    "engagement_reward",
+    "propose_change",
+    "refund_purchase",
+    "reverse_redemption",
     "redeem",
     "register_merchant",
     "set_account_frozen",
@@ -94,10 +107,82 @@ def award_purchase(
     customer: AccountRef,
     order_id: str,
     amount: int,
+    paid_with_coins: int = 0,
+    category: str = "",
 ) -> bytes:
-    """A merchant awards coins for an order; `amount` is the spend in minor units."""
+    """A merchant awards coins for an order; `amount` is the spend in minor units,
+    `paid_with_coins` the part of it paid with coins (it earns nothing) and
+    `category` the merchant's earning category ("" for its base rate).
+
+    Without a coin payment or category the payload is the short
+    `[customer, order_id, amount]`, the only spelling the chain accepts then."""
     payload = [account_key(customer, "customer"), order_id, amount]
+    if paid_with_coins or category:
+        payload += [paid_with_coins, category]
     return sign_transaction(key, chain_id, Kind.AWARD_PURCHASE, expires_at, payload)
+
+
+def refund_purchase(
+    key: Keypair, chain_id: str, expires_at: int, order_id: str, amount: int
+) -> bytes:
+    """The merchant refunds `amount` minor units of its order `order_id`; the
+    coins the order earned are clawed back in proportion."""
+    payload = [order_id, amount]
+    return sign_transaction(key, chain_id, Kind.REFUND_PURCHASE, expires_at, payload)
+
+
+def engagement_reward(
+    key: Keypair,
+    chain_id: str,
+    expires_at: int,
+    customer: AccountRef,
+    kind: EngagementKind,
+    reference: str,
+) -> bytes:
+    """A merchant or an admin rewards feedback, a consultation or a survey;
+    `reference` is unique per signer, so a retry is credited once."""
+    payload = [account_key(customer, "customer"), int(kind), reference]
+    return sign_transaction(key, chain_id, Kind.ENGAGEMENT_REWARD, expires_at, payload)
+
+
+def reverse_redemption(
+    key: Keypair, chain_id: str, expires_at: int, redemption: bytes
+) -> bytes:
+    """The merchant that accepted a redemption (by its tx hash) cancels it."""
+    return sign_transaction(
+        key, chain_id, Kind.REVERSE_REDEMPTION, expires_at, [bytes(redemption)]
+    )
+
+
+def propose_change(
+    key: Keypair,
+    chain_id: str,
+    expires_at: int,
+    action: ChangeAction,
+    args: list,
+    deadline: int,
+) -> bytes:
+    """An admin proposes a program change (state.changes gives each action's
+    `args`); it must gather the program's admin threshold of approvals before
+    block time `deadline`. Its id is the hash of the returned transaction."""
+    payload = [int(action), _wire(args), deadline]
+    return sign_transaction(key, chain_id, Kind.PROPOSE_CHANGE, expires_at, payload)
+
+
+def approve_change(
+    key: Keypair, chain_id: str, expires_at: int, proposal: bytes
+) -> bytes:
+    """An admin approves the proposal whose id (tx hash) is `proposal`."""
+    return sign_transaction(
+        key, chain_id, Kind.APPROVE_CHANGE, expires_at, [bytes(proposal)]
+    )
+
+
+def _wire(value):
+    """Arguments as arrays: tuples become lists, addresses stay text."""
+    if isinstance(value, tuple | list):
+        return [_wire(v) for v in value]
+    return value
 
 
 def redeem(

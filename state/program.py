@@ -77,6 +77,15 @@ class Rules:
     def copy(self) -> Rules:
         return Rules.from_wire(self.to_wire())
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rules) and self.to_wire() == other.to_wire()
+
+    def __hash__(self) -> int:
+        return hash(repr(self.to_wire()))
+
+    def __repr__(self) -> str:
+        return f"Rules({self.to_wire()!r})"
+
     def is_default(self) -> bool:
         return self.to_wire() == Rules().to_wire()
 

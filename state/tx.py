@@ -187,6 +187,17 @@ class ReportEvidence(NamedTuple):
     evidence: bytes
 
 
+def payload_wire(payload: NamedTuple) -> list:
+    """The payload array as it is signed: the inverse of the kind's parser."""
+    if isinstance(payload, AwardPurchase) and not (
+        payload.paid_with_coins or payload.category
+    ):
+        return list(payload[:3])
+    if isinstance(payload, ProposeChange):
+        return [int(payload.action), changes.change_wire(payload.args), payload.deadline]
+    return [int(v) if isinstance(v, IntEnum) else v for v in payload]
+
+
 def _int(value: Any, name: str) -> int:
     """Any integer: its range is checked by check_admission with its own code."""
     if type(value) is not int:

@@ -13,8 +13,15 @@ from client import builders
 from client.builders import BuildError
 from client.keys import AddressError, Keypair
 from state.codes import Code
+from state.changes import ChangeAction, EarningRules
 from state.tx import (
+    ApproveChange,
     AwardPurchase,
+    EngagementKind,
+    EngagementReward,
+    ProposeChange,
+    RefundPurchase,
+    ReverseRedemption,
     Kind,
     Redeem,
     RegisterMerchant,
@@ -69,6 +76,44 @@ CASES = [
         (OTHER.public_key, "order-2024-0001", 2_599),
         Kind.AWARD_PURCHASE,
         AwardPurchase(OTHER.public_key, "order-2024-0001", 2_599),
+    ),
+    Case(
+        builders.award_purchase,
+        (OTHER.public_key, "order-2024-0002", 5_000, 1_200, "books"),
+        Kind.AWARD_PURCHASE,
+        AwardPurchase(OTHER.public_key, "order-2024-0002", 5_000, 1_200, "books"),
+    ),
+    Case(
+        builders.refund_purchase,
+        ("order-2024-0001", 1_000),
+        Kind.REFUND_PURCHASE,
+        RefundPurchase("order-2024-0001", 1_000),
+    ),
+    Case(
+        builders.engagement_reward,
+        (OTHER.public_key, EngagementKind.SURVEY, "survey-42"),
+        Kind.ENGAGEMENT_REWARD,
+        EngagementReward(OTHER.public_key, EngagementKind.SURVEY, "survey-42"),
+    ),
+    Case(
+        builders.reverse_redemption,
+        (bytes(range(32)),),
+        Kind.REVERSE_REDEMPTION,
+        ReverseRedemption(bytes(range(32))),
+    ),
+    Case(
+        builders.propose_change,
+        (ChangeAction.EARNING, [100, 3600, 0, 5], 1_750_000_600),
+        Kind.PROPOSE_CHANGE,
+        ProposeChange(
+            ChangeAction.EARNING, EarningRules(100, 3600, 0, 5), 1_750_000_600
+        ),
+    ),
+    Case(
+        builders.approve_change,
+        (bytes(range(32, 64)),),
+        Kind.APPROVE_CHANGE,
+        ApproveChange(bytes(range(32, 64))),
     ),
     Case(
         builders.redeem,

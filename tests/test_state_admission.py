@@ -350,7 +350,7 @@ def test_unsupported_version_and_unknown_kind() -> None:
     for version, kind, code in [
         (2, 21, Code.UNSUPPORTED_VERSION),
         (0, 21, Code.UNSUPPORTED_VERSION),
-        (1, 22, Code.UNKNOWN_KIND),
+        (1, 200, Code.UNKNOWN_KIND),
         (1, 0, Code.UNKNOWN_KIND),
         (1, -1, Code.MALFORMED),
         (-1, 21, Code.MALFORMED),

@@ -31,6 +31,7 @@ from state.tx import (
     TxRejected,
     build_signed,
     decode_tx,
+    payload_wire,
 )
 from tests.state_helpers import ADMIN, C1, C2, CHAIN, M1, b
 
@@ -391,7 +392,7 @@ def check_decode_tx(data: bytes) -> None:
     assert isinstance(tx, Transaction)
     assert tx.raw == data and tx.hash == sha256(data)
     body = [tx.version, tx.chain_id, int(tx.kind), tx.signer, tx.expires_at]
-    body.append(list(tx.payload))
+    body.append(payload_wire(tx.payload))
     # The signature covers exactly the decoded fields.
     assert tx.signing_bytes == SIGN_DOMAIN + encode(body)
     assert encode(body + [tx.signature]) == data
