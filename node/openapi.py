@@ -87,6 +87,23 @@ TX_CODES: dict[Code, str] = {
     Code.ALREADY_VOTED: "this validator already voted for this change",
     Code.INVALID_VALIDATOR_CHANGE: "the validator-set change is not possible",
     Code.VALIDATOR_SET_LIMIT: "the change would take the set below its minimum",
+    Code.UNKNOWN_PROPOSAL: "no open program-change proposal has this id",
+    Code.PROPOSAL_EXPIRED: "the proposal was not approved in time",
+    Code.DUPLICATE_APPROVAL: "this admin already approved the proposal",
+    Code.APPROVAL_REQUIRED: "this change needs k admin approvals (propose_change)",
+    Code.INVALID_PROGRAM_CHANGE: "the proposed program change is not valid",
+    Code.TOO_MANY_PROPOSALS: "too many proposals are open",
+    Code.UNKNOWN_ORDER: "this merchant has no such order",
+    Code.REFUND_EXCEEDS_ORDER: "the refund is more than what is left of the order",
+    Code.CUSTOMER_DAILY_CAP_EXCEEDED: "the customer's daily earning cap is reached",
+    Code.VELOCITY_LIMIT_EXCEEDED: "too many awards to this customer today",
+    Code.TRANSFER_LIMIT_EXCEEDED: "the sender's daily transfer limit is reached",
+    Code.ENGAGEMENT_NOT_OFFERED: "the program offers no such engagement reward",
+    Code.ENGAGEMENT_CAP_EXCEEDED: "the customer's daily cap for this reward is reached",
+    Code.DUPLICATE_REFERENCE: "this reward reference was already used",
+    Code.UNKNOWN_REDEMPTION: "no redemption has this transaction hash",
+    Code.NOT_REDEEMING_MERCHANT: "only the merchant that accepted it can reverse it",
+    Code.REDEMPTION_ALREADY_REVERSED: "the redemption was already reversed",
 }
 
 

@@ -78,7 +78,11 @@ _TX_FIELDS = frozenset(
     + [
         name
         for payload in (txs.RegisterMerchant, txs.UpdateMerchant, txs.AwardPurchase,
-                        txs.SetAccountFrozen, txs.Redeem, txs.Transfer)
+                        txs.SetAccountFrozen, txs.Redeem, txs.Transfer,
+                        txs.AwardPurchaseWithDetails, txs.RefundPurchase,
+                        txs.EngagementReward, txs.ReverseRedemption,
+                        txs.ApproveChange, txs.ProposeChange, txs.ValidatorVote,
+                        txs.ReportEvidence)
         for name in payload._fields
     ]
 )  # fmt: skip

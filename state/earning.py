@@ -50,13 +50,20 @@ from state.records import (
     engagement_key,
     order_key,
 )
-from state.tx import AwardPurchase, EngagementReward, RefundPurchase
+from state.tx import (
+    AwardPurchase,
+    AwardPurchaseWithDetails,
+    EngagementReward,
+    RefundPurchase,
+)
 
 
 class EarningRules(Books):
     # --- purchases ---
 
-    def award_purchase(self, signer: bytes, p: AwardPurchase) -> list:
+    def award_purchase(
+        self, signer: bytes, p: AwardPurchase | AwardPurchaseWithDetails
+    ) -> list:
         merchant = self.active_merchant(signer)
         if p.customer == signer:
             raise Refused(Code.INVALID_RECIPIENT, "a merchant cannot award itself")

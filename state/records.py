@@ -418,9 +418,12 @@ class DayCounters:
         for pair in self.by_issuer:
             if pair[0] == issuer:
                 pair[1] += coins
-                return
-        self.by_issuer.append([issuer, coins])
-        self.by_issuer.sort()
+                break
+        else:
+            self.by_issuer.append([issuer, coins])
+            self.by_issuer.sort()
+        # A redemption reversed on its own day leaves no trace in the split.
+        self.by_issuer = [pair for pair in self.by_issuer if pair[1]]
 
 
 class Entry:

@@ -166,9 +166,14 @@ def settlement(
                 if now_s is None or expires_at == 0 or expires_at > now_s:
                     liability[issuer] = liability.get(issuer, 0) + amount
 
+    # A redemption and its reversal on different days of the period cancel out.
+    for r in rows.values():
+        r.redeemed_by_issuer = {
+            k: v for k, v in sorted(r.redeemed_by_issuer.items()) if v
+        }
     return Settlement(
         rows=[rows[k] for k in sorted(rows)],
-        matrix=dict(sorted(matrix.items())),
+        matrix={k: v for k, v in sorted(matrix.items()) if v},
         liability=sum(liability.values()),
         liability_by_issuer=dict(sorted(liability.items())),
         debt=debt,

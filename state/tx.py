@@ -115,14 +115,33 @@ class SetAccountFrozen(NamedTuple):
 
 
 class AwardPurchase(NamedTuple):
-    """A purchase: `amount` minor units, of which `paid_with_coins` were paid
-    with coins (they earn nothing); `category` selects a category rate."""
+    """A purchase of `amount` minor units, all paid with money, at the
+    merchant's base rate."""
 
     customer: bytes
     order_id: str
     amount: int
-    paid_with_coins: int = 0
-    category: str = ""
+
+    # The same fields as AwardPurchaseWithDetails, so one rule reads both.
+    @property
+    def paid_with_coins(self) -> int:
+        return 0
+
+    @property
+    def category(self) -> str:
+        return ""
+
+
+class AwardPurchaseWithDetails(NamedTuple):
+    """A purchase of `amount` minor units of which `paid_with_coins` were paid
+    with coins (they earn nothing); `category` selects a category rate. The
+    long form of award_purchase, used only when either is set."""
+
+    customer: bytes
+    order_id: str
+    amount: int
+    paid_with_coins: int
+    category: str
 
 
 class RefundPurchase(NamedTuple):
@@ -189,12 +208,12 @@ class ReportEvidence(NamedTuple):
 
 def payload_wire(payload: NamedTuple) -> list:
     """The payload array as it is signed: the inverse of the kind's parser."""
-    if isinstance(payload, AwardPurchase) and not (
-        payload.paid_with_coins or payload.category
-    ):
-        return list(payload[:3])
     if isinstance(payload, ProposeChange):
-        return [int(payload.action), changes.change_wire(payload.args), payload.deadline]
+        return [
+            int(payload.action),
+            changes.change_wire(payload.args),
+            payload.deadline,
+        ]
     return [int(v) if isinstance(v, IntEnum) else v for v in payload]
 
 
@@ -239,11 +258,11 @@ def _parse_frozen(p: list) -> SetAccountFrozen:
     )
 
 
-def _parse_award(p: list) -> AwardPurchase:
+def _parse_award(p: list) -> AwardPurchase | AwardPurchaseWithDetails:
     # The short form is the only spelling of an award with no coin payment and
     # no category, so one award has one encoding.
     if type(p) is list and len(p) == 5:
-        award = AwardPurchase(
+        award = AwardPurchaseWithDetails(
             _key(p[0], "customer"),
             check_text(p[1], "order_id", MAX_ORDER_ID, 1),
             _int(p[2], "amount"),

@@ -12,20 +12,21 @@ from hypothesis import strategies as st
 from client import builders
 from client.builders import BuildError
 from client.keys import AddressError, Keypair
-from state.codes import Code
 from state.changes import ChangeAction, EarningRules
+from state.codes import Code
 from state.tx import (
     ApproveChange,
     AwardPurchase,
+    AwardPurchaseWithDetails,
     EngagementKind,
     EngagementReward,
-    ProposeChange,
-    RefundPurchase,
-    ReverseRedemption,
     Kind,
+    ProposeChange,
     Redeem,
+    RefundPurchase,
     RegisterMerchant,
     ReportEvidence,
+    ReverseRedemption,
     SetAccountFrozen,
     SignatureCache,
     Transfer,
@@ -81,7 +82,9 @@ CASES = [
         builders.award_purchase,
         (OTHER.public_key, "order-2024-0002", 5_000, 1_200, "books"),
         Kind.AWARD_PURCHASE,
-        AwardPurchase(OTHER.public_key, "order-2024-0002", 5_000, 1_200, "books"),
+        AwardPurchaseWithDetails(
+            OTHER.public_key, "order-2024-0002", 5_000, 1_200, "books"
+        ),
     ),
     Case(
         builders.refund_purchase,

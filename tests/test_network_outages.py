@@ -12,7 +12,10 @@ What this proves, with 4 validators (a quorum is 3) and 1 auditor:
   final, and the returned validator, which missed blocks, catches up;
 - a validator hung with its connections open (SIGSTOP) does not stop the
   others either, and it catches up once it runs again;
-- at the end all five nodes hold the same chain and the same balances.
+- at the end all five nodes hold the same chain and the same balances;
+- a transaction an app sends through the auditor while every validator is
+  down for a restart is not lost: once they are back, it (or the app's retry
+  of the same bytes) becomes final.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 
 import pytest
 
+from client.http import Unavailable
 from client.keys import Keypair
 from tests.harness.cluster import MERCHANT_RATE, launched_cluster
 
@@ -30,6 +34,8 @@ log = logging.getLogger("tests.network")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 STALL_S = 4.0
+# Blocks come at least every second once the validators are back.
+RETRY_WAIT_S = 15.0
 
 
 @pytest.fixture
@@ -93,4 +99,50 @@ def test_commits_need_a_quorum_and_resume_with_it(cluster):
     expected = spent * MERCHANT_RATE // 100
     assert cluster.balances(customer, cluster.members) == dict.fromkeys(
         cluster.members, expected
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="node/service.py:297-301 gossips a transaction only when it is new to "
+    "the mempool; one admitted while no peer was connected is never forwarded, "
+    "and resubmitting the same bytes does not forward it either",
+)
+def test_auditor_submission_during_a_validator_restart_becomes_final(cluster):
+    merchant = cluster.register_merchant(via="v1")
+    customer = Keypair.generate()
+
+    log.info("every validator goes down for maintenance; the auditor stays up")
+    for name in cluster.validators:
+        cluster.stop(name)
+    cluster.wait_until(
+        lambda: cluster.status("a1")["peers"] == 0, 10, "a1 without peers", ["a1"]
+    )
+
+    log.info("an app submits an award through the auditor meanwhile")
+    raw = cluster.award_tx(merchant, customer, 1000)
+    try:
+        tx_hash = cluster.submit_pending(raw, "a1")
+        log.info("the auditor accepted it for later hash=%s", tx_hash[:16])
+    except Unavailable as exc:
+        log.info("the auditor asked to come back later: %s", exc)
+
+    log.info("the validators return; the app retries the same bytes, as it may")
+    cluster.start(*cluster.validators)
+    cluster.wait_until(
+        lambda: cluster.status("a1")["peers"] == len(cluster.validators),
+        15,
+        "a1 connected to every validator again",
+        ["a1"],
+    )
+    doc = cluster.client("a1").submit(raw, wait=True, timeout=RETRY_WAIT_S)
+    assert doc["status"] == "committed", (
+        f"a transaction submitted to the auditor while no validator was connected "
+        f"is still {doc['status']} {RETRY_WAIT_S:g}s after the validators returned "
+        f"and the same bytes were resubmitted: the auditor never forwarded it\n"
+        f"{cluster.describe()}"
+    )
+    cluster.wait_for_tx(doc["hash"], cluster.members)
+    assert cluster.balances(customer, cluster.members) == dict.fromkeys(
+        cluster.members, 1000 * MERCHANT_RATE // 100
     )

@@ -41,7 +41,7 @@ from client.http import ApiError, AsyncClient, Client, NodeUnreachable, NotFound
 from client.keys import Keypair
 from client.keystore import load_keystore
 from node import devnet
-from node.config import NODE_CERT_FILE, ConsensusSection, PeerEntry, load_config
+from node.config import NODE_CERT_FILE, PeerEntry, load_config
 from node.devnet import NodePlan
 from state.genesis import Genesis
 from tests.harness.chain import (
@@ -56,18 +56,20 @@ log = logging.getLogger("tests.network")
 log.setLevel(logging.INFO)
 
 CHAIN_ID = "perk-net-1"
-# Short timeouts: a round without a proposer costs about a second, and after a
-# long stall no timeout exceeds three seconds, so recovery is quick.
-CONSENSUS = ConsensusSection(
-    block_interval_ms=devnet.BLOCK_INTERVAL_MS,
-    heartbeat_ms=1000,
-    timeout_propose_ms=1000,
-    timeout_prevote_ms=500,
-    timeout_precommit_ms=500,
-    timeout_delta_ms=250,
-    timeout_cap_ms=3000,
-)
+# Written over the devnet's consensus settings (block_interval_ms stays the
+# devnet's). An idle chain makes a block a second; a round without a proposer
+# costs about a second, and after a long stall no timeout exceeds three
+# seconds, so recovery is quick.
+CONSENSUS_SETTINGS = {
+    "heartbeat_ms": 1000,
+    "timeout_propose_ms": 1000,
+    "timeout_prevote_ms": 500,
+    "timeout_precommit_ms": 500,
+    "timeout_delta_ms": 250,
+    "timeout_cap_ms": 3000,
+}
 READY_TIMEOUT_S = 30.0
+START_ATTEMPTS = 3
 STOP_TIMEOUT_S = 15.0
 KILL_TIMEOUT_S = 5.0
 POLL_S = 0.2
@@ -188,7 +190,8 @@ class Cluster:
 
     def tune_config(self, home: Path) -> None:
         config = load_config(home)
-        config.consensus = ConsensusSection(**vars(CONSENSUS))
+        for setting, value in CONSENSUS_SETTINGS.items():
+            setattr(config.consensus, setting, value)
         config.save()
 
     def load_admin_wallet(self) -> Keypair:
@@ -199,9 +202,9 @@ class Cluster:
     def add_outsider(self, name: str, kind: str = "auditor") -> NodeProcess:
         """A node with a fresh key that no validator knows, configured with
         every validator as a peer (address and certificate), on this chain."""
-        host_ports = devnet.free_ports(2)
+        api_port, p2p_port = devnet.free_ports(2)
         plan = NodePlan(
-            name, kind, os.urandom(32), host_ports[0], host_ports[1], self.root / name
+            name, kind, os.urandom(32), api_port, p2p_port, self.root / name
         )
         validator_plans = [self.nodes[n].plan for n in self.validators]
         devnet.write_node_home(plan, [*validator_plans, plan], self.genesis)
@@ -255,6 +258,10 @@ class Cluster:
             for n in self.nodes.values()
             if n.process is not None and not n.running and not n.expected_exit
         ]
+
+    def port_was_taken(self) -> bool:
+        """A node could not listen on its planned port."""
+        return any(self.log_matches(name, "cannot listen") for name in self.nodes)
 
     def running_nodes(self) -> list[str]:
         return [n.name for n in self.nodes.values() if n.running and not n.paused]
@@ -382,6 +389,8 @@ class Cluster:
             self._exit_hook_registered = True
 
     def record_pid(self, node: NodeProcess) -> None:
+        if not self._doc:
+            return  # the layout was never finished
         for record in self._doc["nodes"]:
             if record["name"] == node.name:
                 record["pid"] = node.process.pid if node.running else None
@@ -549,7 +558,10 @@ class Cluster:
             return len(found) == len(names)
 
         self.wait_until(
-            committed_everywhere, timeout, f"tx {tx_hash[:16]} committed on {names}"
+            committed_everywhere,
+            timeout,
+            f"tx {tx_hash[:16]} committed on {', '.join(names)}",
+            names,
         )
         heights = set(found.values())
         assert len(heights) == 1, f"tx {tx_hash[:16]} committed at {found}"
@@ -697,23 +709,41 @@ def launched_cluster(
     """A started cluster committing blocks; every process stopped afterwards,
     and the tail of every node's log printed if the test failed. A node that
     exited on its own during the test fails it here."""
-    cluster = Cluster(root, validators, auditors)
     failed_before = request.session.testsfailed
-    setup_failed = True
+    cluster = start_cluster(root, validators, auditors)
     crashed: list[str] = []
     try:
-        cluster.create()
-        cluster.start()
-        cluster.wait_for_height(cluster.members, 1, READY_TIMEOUT_S)
-        log.info("cluster committing\n%s", cluster.describe())
-        setup_failed = False
         yield cluster
         crashed = cluster.crashed_nodes()
     finally:
-        if setup_failed or crashed or request.session.testsfailed > failed_before:
+        if crashed or request.session.testsfailed > failed_before:
             print_logs(cluster)
         cluster.shutdown()
     assert not crashed, f"nodes exited on their own: {crashed}"
+
+
+def start_cluster(root: Path, validators: int, auditors: int) -> Cluster:
+    """Create and start a cluster; again in a new folder with new ports when
+    another process took one between picking it and the node binding it."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        folder = root if attempt == 1 else root.with_name(f"{root.name}-{attempt}")
+        cluster = Cluster(folder, validators, auditors)
+        try:
+            cluster.create()
+            cluster.start()
+            cluster.wait_for_height(cluster.members, 1, READY_TIMEOUT_S)
+        except BaseException:
+            retry = attempt < START_ATTEMPTS and cluster.port_was_taken()
+            if not retry:
+                print_logs(cluster)
+            cluster.shutdown()
+            if not retry:
+                raise
+            log.warning("a port was taken meanwhile; retrying attempt=%d", attempt + 1)
+            continue
+        log.info("cluster committing\n%s", cluster.describe())
+        return cluster
+    raise AssertionError("unreachable")
 
 
 def print_logs(cluster: Cluster) -> None:
