@@ -65,12 +65,17 @@ def print_report(r: dict) -> None:
         print(f"    failed {code:<23}{n:>10,}")
     print(f"  coins issued     {r['coins_issued']:>10,}")
     print(f"  coins redeemed   {r['coins_redeemed']:>10,}")
-    print(f"  coins outstanding{r['coins_outstanding']:>10,}")
-    print("  top merchants (coins issued, redeemed there, net)")
+    print(f"  coins clawed back{r['coins_clawed_back']:>10,}")
+    print(f"  coins expired    {r['coins_expired']:>10,}")
+    print(f"  coins outstanding{r['coins_outstanding']:>10,}   (net of customer debt)")
+    print("  top merchants: coins issued, redeemed there; settlement in pence")
+    print(f"    {'':<18}{'issued':>12}{'redeemed':>12}{'fee':>12}{'reimbursed':>12}"
+          f"{'net':>12}")  # fmt: skip
     for m in r["top_merchants"]:
         print(
-            f"    {m['merchant']:<20}{m['issued']:>12,}{m['redeemed_at']:>12,}"
-            f"{m['net_coins']:>12,}"
+            f"    {m['merchant']:<18}{m['issued']:>12,}{m['redeemed_at']:>12,}"
+            f"{m['fee_pence']:>12,}{m['reimbursement_pence']:>12,}"
+            f"{m['net_pence']:>12,}"
         )
     print(
         f"  throughput       {r['tx_per_s']:>10,} tx/s over {r['seconds']} s, "

@@ -5,16 +5,22 @@ invoices of the UCI Online Retail data (node.retail_data) through the HTTP
 API of a devnet, in the data's own time:
 
 - one merchant per country (the data's only notion of a store), earning
-  10 coins per 100 pence spent, registered by the program admin;
+  10 coins per 100 pence spent, registered by the program admin, with
+  settlement terms (it pays PRICE_PER_COIN pence per coin it issues and is
+  reimbursed REIMBURSEMENT_PER_COIN pence per coin redeemed at it);
+- program rules: tiers on coins earned over 365 days (TIERS), coins expiring
+  365 days after they are earned, and a double-points campaign over the
+  2011 Black Friday to December shopping weeks (CAMPAIGN);
 - each sale invoice with a customer is a purchase award signed by its
   merchant, with the invoice number as order id;
 - each cancellation (`C` invoice) refunds the customer's latest earlier
   purchases at that merchant, newest first, up to the cancelled amount (the
   data does not say which order a return belongs to; this rule does);
 - customers redeem at a partner: at the end of each data day, a customer whose
-  balance reached twice VOUCHER_COINS redeems one voucher of VOUCHER_COINS at
-  the merchant that follows their own in alphabetical order (so coalition
-  settlement has something to settle);
+  balance (as the node reports it, so expired coins are gone) holds twice
+  VOUCHER_COINS redeems one voucher of VOUCHER_COINS at the merchant that
+  follows their own in alphabetical order (so coalition settlement has
+  something to settle);
 - block time follows the data: before each data day the devnet clock (a
   devnet-only control, node.clock) is set to that day's last invoice time, the
   day's transactions go to one validator as one batch, and the replay waits
@@ -46,11 +52,20 @@ from node.devnet import ADMIN_PASSWORD_FILE, WALLET_DIR, down, up
 from node.retail_data import Invoice, ReadStats, data_files, read_invoices
 from state.address import address_of
 from state.block import decode_block, decode_receipts
+from state.changes import ChangeAction
 from state.codec import encode, sha256
 from state.codes import Code
 from state.genesis import load_genesis
 
 EARN_RATE = 10  # coins per 100 pence
+PRICE_PER_COIN = 1  # pence the issuing merchant pays per coin
+REIMBURSEMENT_PER_COIN = 1  # pence paid to the merchant per coin redeemed there
+# [window_days, [[coins earned in the window, multiplier in basis points]]]:
+# silver from 1,000,000 coins (£100,000 spent in a year), gold from 2,500,000.
+TIERS = [365, [[1_000_000, 12_500], [2_500_000, 15_000]]]
+EXPIRY = [1, 365]  # policy "days": coins expire 365 days after the day earned
+# Double points from Black Friday 2011 to the end of the data (UTC seconds).
+CAMPAIGN = ["holiday-2011", 1_322_179_200, 1_323_648_000, 20_000, 0, 0, []]
 MERCHANT_DAILY_CAP = 10**12
 VOUCHER_COINS = 5_000  # what £500 of purchases earns at 10 coins per £1
 TTL_S = 3_000
@@ -60,6 +75,10 @@ CHAIN_ID = "perk-replay-1"
 MSGPACK = "application/msgpack"
 BATCH = 2_000
 SECONDS_PER_DAY = 86_400
+# Receipt events whose delta is a change of the account's spendable balance.
+BALANCE_EVENTS = frozenset(
+    {"earn", "redeem", "transfer_in", "transfer_out", "clawback", "reverse"}
+)
 
 
 def customer_key(customer: str) -> Keypair:
@@ -163,8 +182,14 @@ class Replay:
             self.track.final_at[tx_hash] = now
             self.track.codes[receipt.code.slug] += 1
             self.track.kinds[(self.kind_of[tx_hash], receipt.code.slug)] += 1
-            for _, account, delta in receipt.events:
-                self.track.balances[account] += delta
+            for event, account, delta in receipt.events:
+                if event in BALANCE_EVENTS:
+                    self.track.balances[account] += delta
+
+    async def balance(self, account: bytes) -> int:
+        url = f"{self.validators[0]}/v1/accounts/{address_of(account)}?limit=1"
+        async with self.session.get(url) as response:
+            return (await response.json())["balance"]
 
     # --- the program ---
 
@@ -182,8 +207,31 @@ class Replay:
             )
             for country in self.merchants
         ]  # fmt: skip
+        deadline = start_s + 86_400
+        expires = start_s + TTL_S
+        for action, args in [
+            *(
+                (
+                    ChangeAction.MERCHANT_TERMS,
+                    [
+                        merchant_key(c).public_key,
+                        PRICE_PER_COIN,
+                        REIMBURSEMENT_PER_COIN,
+                        [],
+                    ],
+                )
+                for c in self.merchants
+            ),
+            (ChangeAction.TIERS, TIERS),
+            (ChangeAction.EXPIRY, EXPIRY),
+            (ChangeAction.CAMPAIGN, CAMPAIGN),
+        ]:
+            raw = builders.propose_change(
+                self.admin, self.chain_id, expires, action, args, deadline
+            )
+            txs.append((f"program:{action.name.lower()}", raw))
         await self.submit(txs)
-        await self.wait_final()
+        await self.wait_final()  # fmt: skip
 
     # --- one data day ---
 
@@ -206,10 +254,6 @@ class Replay:
         return txs
 
     def refunds_for(self, invoice: Invoice, merchant: Keypair, expires: int) -> list:
-        refund = getattr(builders, "refund_purchase", None)
-        if refund is None:
-            self.unmatched_refunds += 1
-            return []
         remaining = -invoice.pence
         out = []
         for order in reversed(self.orders[(invoice.customer, invoice.country)]):
@@ -220,15 +264,21 @@ class Replay:
                 continue
             order[1] -= part
             remaining -= part
-            raw = refund(merchant, self.chain_id, expires, order[0], part)
+            raw = builders.refund_purchase(
+                merchant, self.chain_id, expires, order[0], part
+            )
             out.append(("refund", raw))
         if remaining > 0:
             self.unmatched_refunds += 1
         return out
 
-    def redemptions(self, now_s: int) -> list[tuple]:
+    async def redemptions(self, now_s: int) -> list[tuple]:
         """Customers with at least two vouchers' worth redeem one voucher at the
-        next merchant after their own (alphabetical, wrapping)."""
+        next merchant after their own (alphabetical, wrapping).
+
+        Balances followed from receipts only ever overstate (coins that expire
+        leave no receipt), so a customer who passes there is checked against
+        the balance the node reports."""
         out = []
         home: dict[bytes, str] = {}
         for customer, country in self.orders:
@@ -236,13 +286,16 @@ class Replay:
         for account in sorted(home):
             if self.track.balances[account] < 2 * VOUCHER_COINS:
                 continue
-            amount = VOUCHER_COINS
+            balance = await self.balance(account)
+            self.track.balances[account] = balance
+            if balance < 2 * VOUCHER_COINS:
+                continue
             i = self.merchants.index(home[account])
             partner = self.merchants[(i + 1) % len(self.merchants)]
             key = self.customer_keys[account]
             raw = builders.redeem(
                 key, self.chain_id, now_s + TTL_S, merchant_key(partner).public_key,
-                amount, "replay",
+                VOUCHER_COINS, "replay",
             )  # fmt: skip
             out.append(("redeem", raw))
         return out
@@ -260,7 +313,7 @@ class Replay:
             batch = days[day]
             now_s = max(i.time_s for i in batch)
             self.set_clock(now_s)
-            txs = self.day_transactions(batch, now_s) + self.redemptions(now_s)
+            txs = self.day_transactions(batch, now_s) + await self.redemptions(now_s)
             await self.submit(txs)
             await self.wait_final()
             if progress is not None:
@@ -314,17 +367,26 @@ async def build_report(
         address = address_of(merchant_key(country).public_key)
         async with r.session.get(f"{r.validators[0]}/v1/merchants/{address}") as resp:
             m = await resp.json()
+        clawed_back = m.get("clawed_back", 0)
+        fee = (m["issued"] - clawed_back) * PRICE_PER_COIN
+        reimbursement = m["redeemed"] * REIMBURSEMENT_PER_COIN
         merchants.append(
             {
                 "merchant": country,
                 "issued": m["issued"],
                 "redeemed_at": m["redeemed"],
-                "net_coins": m["redeemed"] - m["issued"],
+                "expired": m.get("expired", 0),
+                "clawed_back": clawed_back,
+                "fee_pence": fee,
+                "reimbursement_pence": reimbursement,
+                "net_pence": reimbursement - fee,
             }
         )
     merchants.sort(key=lambda m: -m["issued"])
     issued = sum(m["issued"] for m in merchants)
     redeemed = sum(m["redeemed_at"] for m in merchants)
+    expired = sum(m["expired"] for m in merchants)
+    clawed = sum(m["clawed_back"] for m in merchants)
 
     genesis = load_genesis(root / "genesis.json")
     from client.http import AsyncClient
@@ -347,7 +409,10 @@ async def build_report(
         "by_kind": {f"{k}:{c}": n for (k, c), n in sorted(track.kinds.items())},
         "coins_issued": issued,
         "coins_redeemed": redeemed,
-        "coins_outstanding": issued - redeemed,
+        "coins_clawed_back": clawed,
+        "coins_expired": expired,
+        # Held by customers, less what they owe from refunds of spent coins.
+        "coins_outstanding": issued - redeemed - expired - clawed,
         "top_merchants": merchants[:5],
         "height": track.height,
         "seconds": round(elapsed, 1),

@@ -15,7 +15,8 @@ import json
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from decimal import Decimal
+from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ def expected_totals(limit: int) -> dict:
     rows = 0
     skipped: Counter = Counter()
     totals: dict[str, Decimal] = defaultdict(Decimal)
+    first_seen: dict[str, tuple] = {}
     for path in sorted(DATA.glob("online_retail_*.csv.gz")):
         with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
@@ -47,17 +49,53 @@ def expected_totals(limit: int) -> dict:
                     skipped["zero_price" if price == 0 else "negative_price"] += 1
                 else:
                     totals[invoice] += quantity * price
+                    when = datetime.strptime(row["InvoiceDate"], "%Y-%m-%d %H:%M:%S")
+                    first_seen.setdefault(
+                        invoice, (when, len(first_seen), row["CustomerID"],
+                                  row["Country"])
+                    )  # fmt: skip
         if rows == limit:
             break
     sales = {i: t for i, t in totals.items() if not i.startswith("C") and t > 0}
-    # 10 coins per 100 pence, pence rounded down, coins rounded down.
-    coins = sum(int(t * 100) * 10 // 100 for t in sales.values())
+
+    # In time order (file order within a minute): each sale earns 10 coins per
+    # 100 pence (pence and coins rounded down); each cancellation refunds the
+    # customer's latest purchases at that country's merchant, newest first,
+    # and claws back floor(coins * refunded / amount) of each, cumulatively.
+    coins = clawed = 0
+    orders: dict[tuple, list[dict]] = defaultdict(list)
+    spent: Counter = Counter()
+    for invoice in sorted(first_seen, key=lambda i: first_seen[i][:2]):
+        _, _, customer, country = first_seen[invoice]
+        pence = int((totals[invoice] * 100).to_integral_value(rounding=ROUND_FLOOR))
+        if invoice in sales:
+            earned = pence * 10 // 100
+            coins += earned
+            spent[customer] += pence
+            orders[(customer, country)].append(
+                {"amount": pence, "coins": earned, "refunded": 0, "clawed": 0}
+            )
+        elif invoice.startswith("C"):
+            remaining = -pence
+            for order in reversed(orders[(customer, country)]):
+                part = min(remaining, order["amount"] - order["refunded"])
+                if part <= 0:
+                    continue
+                remaining -= part
+                order["refunded"] += part
+                claw = order["coins"] * order["refunded"] // order["amount"]
+                clawed += claw - order["clawed"]
+                order["clawed"] = claw
     return {
         "rows": rows,
         "skipped": dict(skipped),
         "sales": len(sales),
         "cancellations": sum(1 for i in totals if i.startswith("C")),
         "coins": coins,
+        "clawed": clawed,
+        # Tier thresholds start at 1,000,000 coins earned (100,000 pounds):
+        # checked below to be out of reach in the slice, so no multiplier.
+        "most_spent_pence": max(spent.values()),
     }
 
 
@@ -81,13 +119,18 @@ def test_replay_slice_matches_the_csv_and_audits(tmp_path):
     assert report["sales"] == expected["sales"]
     assert report["cancellations"] == expected["cancellations"]
     assert report["by_kind"]["award:ok"] == expected["sales"]
+    assert expected["most_spent_pence"] * 10 // 100 < 1_000_000
     assert report["coins_issued"] == expected["coins"]
+    assert report["coins_clawed_back"] == expected["clawed"]
+    assert report["by_kind"]["refund:ok"] > 0
 
     # Customers redeem vouchers at partners once balances allow.
     redeemed = report["by_kind"].get("redeem:ok", 0)
     assert redeemed > 0
     assert report["coins_redeemed"] == 5_000 * redeemed
-    assert report["coins_outstanding"] == expected["coins"] - report["coins_redeemed"]
+    assert report["coins_outstanding"] == (
+        expected["coins"] - report["coins_redeemed"] - expected["clawed"]
+    )
     assert report["failed_by_code"] == {}
 
     # Every node agrees, and the auditor verified every block from genesis.
