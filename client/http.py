@@ -219,12 +219,17 @@ class AsyncClient:
             raise ValueError(f"block height must be >= 1 or 'latest', not {height!r}")
         return await self.request("GET", f"/v1/blocks/{height}")
 
-    async def raw_block(self, height: int) -> tuple[bytes, bytes]:
-        """The canonical bytes of the block at `height` and of its commit."""
+    async def raw_block(self, height: int) -> tuple[bytes, bytes, bytes]:
+        """The canonical bytes of the block at `height`, its commit and its
+        receipts."""
         if type(height) is not int or height < 1:
             raise ValueError(f"block height must be >= 1, not {height!r}")
         doc = await self.request("GET", f"/v1/blocks/{height}/raw")
-        return bytes.fromhex(doc["block"]), bytes.fromhex(doc["commit"])
+        return (
+            bytes.fromhex(doc["block"]),
+            bytes.fromhex(doc["commit"]),
+            bytes.fromhex(doc["receipts"]),
+        )
 
     async def evidence(self) -> dict:
         return await self.request("GET", "/v1/evidence")
@@ -475,7 +480,7 @@ class Client:
     def block(self, height: int | str = "latest") -> dict:
         return self._run(self._api.block(height))
 
-    def raw_block(self, height: int) -> tuple[bytes, bytes]:
+    def raw_block(self, height: int) -> tuple[bytes, bytes, bytes]:
         return self._run(self._api.raw_block(height))
 
     def evidence(self) -> dict:

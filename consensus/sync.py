@@ -127,22 +127,31 @@ class BlockSync:
                 pass
             self._task = None
 
-    @property
-    def syncing(self) -> bool:
-        return self.target > self.app.last_height()
-
     # --- inputs ---
 
     def on_status(self, peer: bytes, body: bytes) -> None:
+        """A peer's claim of its tip. It is unsigned, so it only says whom to
+        ask: it never becomes the sync target, and it is forgotten when the
+        peer leaves or fails to serve the blocks it claimed."""
         height, _ = decode_status(body)
         self.peer_tips[peer] = height
         if height > self.app.last_height():
-            self.request_sync(height)
+            self._wake.set()
 
     def request_sync(self, target: int) -> None:
+        """A verified reason to sync (a commit certificate, or f+1 validators
+        at later heights): the target holds until reached."""
         if target > self.target:
             self.target = target
         self._wake.set()
+
+    def agreed_tip(self, agree: int) -> int:
+        """The highest height that at least `agree` connected peers claim, so
+        that fewer than `agree` liars cannot raise it."""
+        connected = set(self.peers())
+        tips = sorted((h for p, h in self.peer_tips.items() if p in connected),
+                      reverse=True)  # fmt: skip
+        return tips[agree - 1] if len(tips) >= agree else 0
 
     def forget_peer(self, peer: bytes) -> None:
         self.peer_tips.pop(peer, None)
@@ -166,6 +175,10 @@ class BlockSync:
         connected = set(self.peers())
         tips = [h for p, h in self.peer_tips.items() if p in connected]
         return max([self.target if connected else 0, *tips])
+
+    @property
+    def syncing(self) -> bool:
+        return self.best_tip() > self.app.last_height()
 
     async def fetch_round(self) -> bool:
         """Fetch and apply one batch from some peer ahead of us; False if none."""

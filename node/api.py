@@ -2,9 +2,11 @@
 
 Apps reach perkchain through this API: a merchant's till awards coins for a
 purchase, a wallet shows a customer's balance and spends coins, an auditor's
-tools follow every committed block. Everything lives under /v1 (status,
-transactions, blocks, accounts, merchants, validators, server-sent event
-streams and the OpenAPI document), beside /metrics, /healthz and /readyz for
+tools follow every committed block, the company's CRM and BI tools read
+settlement and analytics. Everything lives under /v1 (status, transactions,
+blocks, accounts, merchants, validators, the loyalty program's rules,
+settlement and analytics from node.api_loyalty, server-sent event streams
+and the OpenAPI document), beside /metrics, /healthz and /readyz for
 operators; ROUTES at the end lists them and node.openapi describes each.
 
 A transaction arrives as its canonical signed bytes (state.tx): hex in a JSON
@@ -25,20 +27,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 from aiohttp import web
-from aiohttp.http import HttpVersion11
 
-from node import views
+from node import api_loyalty, views, views_loyalty
+from node.api_common import NODE, node_of, query, reply
+from node.api_middleware import (
+    IN_FLIGHT,
+    Handler,
+    add_cors_headers,
+    body_limit,
+    cors_preflight,
+    expect_continue,
+    observe,
+    problems,
+    route_label,
+)
 from node.events import CommittedBlock, Subscription
 from node.mempool import Admission, MempoolFull
 from node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from node.openapi import build_document
-from node.views import JSON, MSGPACK, MSGPACK_TYPES, ApiError, clip, refusal, too_large
+from node.views import JSON, MSGPACK, MSGPACK_TYPES, ApiError, clip, refusal
 from state.block import decode_block, decode_receipts
 from state.codes import Code
 from state.tx import TxRejected
@@ -48,61 +59,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("node.api")
 
-PROBLEM = "application/problem+json"
-
 # Requests one client address may have in flight, streams included. Behind a
 # reverse proxy every client shares the proxy's address: raise it there.
 MAX_IN_FLIGHT_PER_CLIENT = 64
+
 # Streams send a comment line this often so proxies keep idle streams open, and
 # look for a vanished client this often between events.
 HEARTBEAT_S = 15.0
 DISCONNECT_POLL_S = 1.0
 
-NODE = web.AppKey("node", object)
-IN_FLIGHT = web.AppKey("in_flight", dict)
 STREAMS = web.AppKey("streams", set)
 STOPPING = web.AppKey("stopping", asyncio.Event)
 OPENAPI = web.AppKey("openapi", dict)
-
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-# --- problems ------------------------------------------------------------------------
-
-
-async def send_problem(request: web.Request, error: ApiError) -> web.StreamResponse:
-    body = json.dumps(error.doc, separators=(",", ":")).encode()
-    response = web.Response(
-        status=error.status, body=body, content_type=PROBLEM, headers=error.headers
-    )
-    if error.close:
-        response.force_close()
-        await response.prepare(request)
-        await response.write_eof()
-        request.protocol.force_close()
-    return response
-
-
-# --- formats -------------------------------------------------------------------------
-
-
-def reply(
-    request: web.Request,
-    doc: Any,
-    status: int = 200,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    """`doc` as JSON, or as msgpack when the client's Accept prefers it."""
-    if views.prefers_msgpack(request.headers.get("Accept", "")):
-        body, content_type = msgpack.packb(doc, use_bin_type=True), MSGPACK
-    else:
-        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
-        body, content_type = text.encode(), JSON
-    response = web.Response(
-        status=status, body=body, content_type=content_type, headers=headers
-    )
-    response.headers["Vary"] = "Accept"
-    return response
 
 
 # --- request bodies and parameters ------------------------------------------------
@@ -138,14 +106,6 @@ async def batch_txs(request: web.Request, max_batch: int) -> list[bytes | ApiErr
     if form == "msgpack":
         return views.msgpack_batch(body, max_batch)
     return views.json_batch(views.parse_json(body), max_batch)
-
-
-def query(request: web.Request, *allowed: str) -> dict[str, str]:
-    return views.check_query(request.query.items(), allowed)
-
-
-def node_of(request: web.Request) -> Node:
-    return request.app[NODE]  # type: ignore[return-value]
 
 
 # --- handlers: transactions ----------------------------------------------------------
@@ -321,7 +281,14 @@ async def account(request: web.Request) -> web.Response:
     next_cursor = rows[limit - 1][0] if len(rows) > limit else None
     history = [views.history_item(*row[1:]) for row in rows[:limit]]
     now_s = store.time_ms // 1000
-    return reply(request, views.account_view(key, record, now_s, history, next_cursor))
+    # Coins whose return window has closed count as lots, as the ledger would
+    # make them at the account's next transaction; balances do not change.
+    record.release(now_s)
+    doc = views.account_view(key, record, now_s, history, next_cursor)
+    rules, _ = api_loyalty.current_rules(store)
+    program = views.read_program(store)
+    doc.update(views_loyalty.account_extras(record, now_s, program, rules))
+    return reply(request, doc)
 
 
 async def merchant(request: web.Request) -> web.Response:
@@ -333,6 +300,7 @@ async def merchant(request: web.Request) -> web.Response:
         raise ApiError("unknown_merchant", "no merchant has this address", status=404)
     program = views.read_program(store)
     doc = views.merchant_view(key, record, program, store.time_ms // 1000)
+    doc.update(views_loyalty.merchant_extras(record))
     return reply(request, doc)
 
 
@@ -463,74 +431,7 @@ async def readiness(request: web.Request) -> web.Response:
     return reply(request, {"status": "ready", "height": store.height})
 
 
-# --- middleware ----------------------------------------------------------------------
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def route_label(request: web.Request) -> str:
-    """The route template, never the raw path: metrics and logs stay bounded."""
-    resource = request.match_info.route.resource
-    return "unmatched" if resource is None else resource.canonical
-
-
-@web.middleware
-async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    response = await handler(request)
-    method = request.method if request.method in _METHODS else "other"
-    latency = node_of(request).metrics.http_latency
-    latency.labels(route_label(request), method, str(response.status)).observe(
-        time.perf_counter() - started
-    )
-    return response
-
-
-def from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiError:
-    path = clip(request.path)
-    headers = {
-        name: value
-        for name, value in exc.headers.items()
-        if name.lower() not in ("content-type", "content-length")
-    }
-    if exc.status == 404:
-        return ApiError("not_found", f"no route {path}")
-    if exc.status == 405:
-        allowed = ", ".join(sorted(exc.allowed_methods))  # type: ignore[attr-defined]
-        detail = f"{clip(request.method)} is not allowed on {path}; use {allowed}"
-        return ApiError("method_not_allowed", detail, headers=headers)
-    if exc.status == 413:  # client_max_size, met while reading a body
-        limit = node_of(request).config.api.max_body_bytes
-        return too_large(request.content_length, limit)
-    code = exc.reason.lower().replace(" ", "_")
-    return ApiError(code, exc.reason, status=exc.status, headers=headers)
-
-
-@web.middleware
-async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        error = exc
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        error = from_http_exception(request, exc)
-    except ConnectionError:
-        raise  # the client left; there is no one to answer
-    except Exception:
-        route = route_label(request)
-        log.error("request failed method=%s route=%s", clip(request.method), route,
-                  exc_info=True)  # fmt: skip
-        error = ApiError("internal_error", "the node could not answer; it is logged")
-    log.debug(
-        "request refused method=%s route=%s status=%d code=%s",
-        clip(request.method),
-        route_label(request),
-        error.status,
-        error.doc["code"],
-    )
-    return await send_problem(request, error)
+# --- per-client limit -----------------------------------------------------------------
 
 
 @web.middleware
@@ -554,70 +455,6 @@ async def limit_per_client(
             in_flight[client] -= 1
 
 
-def allowed_origin(request: web.Request) -> str | None:
-    """The Access-Control-Allow-Origin value for this request, if any."""
-    origin = request.headers.get("Origin")
-    origins = node_of(request).config.api.cors_origins
-    if origin is None or not origins:
-        return None
-    if "*" in origins:
-        return "*"
-    return origin if origin in origins else None
-
-
-async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    allow = allowed_origin(request)
-    if allow is not None:
-        response.headers["Access-Control-Allow-Origin"] = allow
-        response.headers["Access-Control-Expose-Headers"] = "Retry-After"
-    if node_of(request).config.api.cors_origins:
-        response.headers.add("Vary", "Origin")
-
-
-@web.middleware
-async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
-    exc = request.match_info.http_exception
-    if (
-        request.method != "OPTIONS"
-        or "Access-Control-Request-Method" not in request.headers
-        or not isinstance(exc, web.HTTPMethodNotAllowed)  # unknown routes: 404
-    ):
-        return await handler(request)
-    if allowed_origin(request) is None:
-        raise ApiError("origin_not_allowed", "this origin may not call the API")
-    headers = {
-        "Access-Control-Allow-Methods": ", ".join(sorted(exc.allowed_methods)),
-        "Access-Control-Allow-Headers": "Accept, Content-Type",
-        "Access-Control-Max-Age": "600",
-    }
-    return web.Response(status=204, headers=headers)
-
-
-@web.middleware
-async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    limit = node_of(request).config.api.max_body_bytes
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise too_large(declared, limit)
-    return await handler(request)
-
-
-async def expect_continue(request: web.Request) -> web.StreamResponse | None:
-    """Answer `Expect: 100-continue`, refusing an oversized body before it comes."""
-    limit = node_of(request).config.api.max_body_bytes
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        return await send_problem(request, too_large(declared, limit))
-    if request.version == HttpVersion11:
-        expect = request.headers.get("Expect", "")
-        if expect.lower() != "100-continue":
-            error = ApiError("expectation_failed", f"cannot meet {clip(expect)!r}")
-            return await send_problem(request, error)
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
-    return None
-
-
 # --- the application -----------------------------------------------------------------
 
 ROUTES: list[tuple[str, str, Handler]] = [
@@ -632,6 +469,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/accounts/{address}", account),
     ("GET", "/v1/merchants/{address}", merchant),
     ("GET", "/v1/validators", validators),
+    *api_loyalty.ROUTES,
     ("GET", "/v1/stream/blocks", block_stream),
     ("GET", "/v1/stream/accounts/{address}", account_stream),
     ("GET", "/v1/openapi.json", openapi_document),

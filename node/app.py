@@ -4,8 +4,9 @@
 
 - propose_block: the proposer reaps the mempool and builds (executes) a block;
 - validate_block: every validator re-executes a proposal before prevoting it;
-- commit_block: the block, its commit certificate and all it changes go to the
-  store in one synced batch, then waiters and streams hear of it.
+- commit_block: the block, its commit certificate, all it changes and the
+  loyalty indexer's entries for it (node.indexer) go to the store in one synced
+  batch, then waiters and streams hear of it.
 
 Execution results are kept by block hash between validate and commit, so a
 block is executed once per node however many rounds it takes.
@@ -13,11 +14,13 @@ block is executed once per node however many rounds it takes.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
 
 from node.events import CommittedBlock, EventBus
+from node.indexer import Indexer
 from node.mempool import Mempool
 from state.block import Block
 from state.execute import BlockResult, Executor, InvalidBlock
@@ -49,6 +52,8 @@ class LedgerApp:
         self.max_block_txs = max_block_txs
         self.metrics = metrics
         self._results: dict[bytes, BlockResult] = {}
+        self.indexer = Indexer(store, executor.signatures)
+        self.indexer.catch_up()
         self.sync_target = 0
         self.on_sync_needed: Callable[[int], None] | None = None
         self.on_evidence: Callable[[object], None] | None = None
@@ -117,7 +122,8 @@ class LedgerApp:
             certificate if isinstance(certificate, bytes) else certificate.encode()
         )
         validators_before = self.store.validators_hash
-        self.store.commit_block(block, commit_bytes, result)
+        self.store.commit_block(block, commit_bytes, self._with_index(block, result))
+        self.indexer.committed(block.height)
         self._results.clear()
         if self.store.validators_hash != validators_before:
             log.info(
@@ -140,7 +146,13 @@ class LedgerApp:
         if self.metrics is not None:
             self.metrics.observe_commit(block, result, len(self.mempool))
         self.events.publish(
-            CommittedBlock(block, result.txs, result.receipts, result.state_root)
+            CommittedBlock(
+                block,
+                result.txs,
+                result.receipts,
+                result.state_root,
+                result.expirations,
+            )
         )
 
     def report_evidence(self, evidence) -> None:
@@ -155,6 +167,27 @@ class LedgerApp:
                 self.on_sync_needed(target_height)
 
     # --- helpers ---
+
+    def _with_index(self, block: Block, result: BlockResult) -> BlockResult:
+        """`result` with the indexer's entries added to its writes.
+
+        The store writes every entry of `state_writes` in the block's batch, so
+        the index and the chain commit together and a crash cannot leave one
+        without the other. The index keys (b"i") are outside the ledger's
+        namespace and the state root is already computed, so the root and the
+        result the executor keeps are unaffected.
+        """
+        writes = result.state_writes
+
+        def state_after(key: bytes) -> bytes | None:
+            return writes[key] if key in writes else self.store.get_state(key)
+
+        entries = self.indexer.block_entries(
+            block, result.txs, result.receipts, result.expirations, state_after
+        )
+        combined = copy.copy(result)
+        combined.state_writes = {**writes, **entries}
+        return combined
 
     def _keep(self, block_hash: bytes, result: BlockResult) -> None:
         self._results[block_hash] = result

@@ -29,6 +29,7 @@ from state.block import decode_block
 from state.codec import DecodeError
 from state.execute import Executor, InvalidBlock
 from state.genesis import Genesis
+from state.root import Accumulator
 from state.store import Store
 
 API_PREFETCH = 32
@@ -77,8 +78,17 @@ class Auditor:
         self.store.close()
         shutil.rmtree(self._folder, ignore_errors=True)
 
-    def check(self, height: int, block_bytes: bytes, commit_bytes: bytes) -> bool:
-        """Verify and apply the block at `height`; False (and a failure) if bad."""
+    def check(
+        self,
+        height: int,
+        block_bytes: bytes,
+        commit_bytes: bytes,
+        receipts_bytes: bytes | None = None,
+    ) -> bool:
+        """Verify and apply the block at `height`; False (and a failure) if bad.
+
+        `receipts_bytes`, when the source has them, must equal the receipts the
+        replay produced: a node that serves edited receipts fails the audit."""
         report = self.report
         try:
             block = decode_block(block_bytes)
@@ -100,6 +110,9 @@ class Auditor:
             result = self.executor.execute_block(block)
         except InvalidBlock as exc:
             report.fail(f"height {height}: {exc.reason}")
+            return False
+        if receipts_bytes is not None and receipts_bytes != result.receipts_bytes:
+            report.fail(f"height {height}: stored receipts differ from the replay")
             return False
         self.store.commit_block(block, commit_bytes, result)
 
@@ -124,7 +137,11 @@ class Auditor:
 
 
 def audit_store(genesis: Genesis, store: Store) -> AuditReport:
-    """Audit a node's own database (the node must be stopped)."""
+    """Audit a node's own database (the node must be stopped).
+
+    Besides replaying every block, the state entries the database holds are
+    summed into a state root of their own: an edited balance or record shows
+    as a mismatch even where the stored root was left alone."""
     auditor = Auditor(genesis)
     try:
         for height in range(1, store.height + 1):
@@ -132,11 +149,21 @@ def audit_store(genesis: Genesis, store: Store) -> AuditReport:
             if block is None or commit is None:
                 auditor.report.fail(f"height {height} is missing from the database")
                 break
-            if not auditor.check(height, block, commit):
+            receipts = store.receipts_bytes(height) or b""
+            if not auditor.check(height, block, commit, receipts):
                 break
-        return auditor.finish(store.state_root)
+        report = auditor.finish(store.state_root)
     finally:
         auditor.close()
+    held = Accumulator()
+    for key, value in store.state_items():
+        held.add(key, value)
+    if report.ok and held.root().hex() != report.state_root:
+        report.fail(
+            f"the database's state entries sum to root {held.root().hex()[:16]}, "
+            f"not the replayed {report.state_root[:16]}"
+        )
+    return report
 
 
 async def audit_api(genesis: Genesis, api) -> AuditReport:
@@ -156,8 +183,8 @@ async def audit_api(genesis: Genesis, api) -> AuditReport:
             for ahead in range(height, min(height + API_PREFETCH, tip + 1)):
                 if ahead not in fetches:
                     fetches[ahead] = asyncio.ensure_future(api.raw_block(ahead))
-            block, commit = await fetches.pop(height)
-            if not auditor.check(height, block, commit):
+            block, commit, receipts = await fetches.pop(height)
+            if not auditor.check(height, block, commit, receipts):
                 break
         return auditor.finish(expected)
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from state.block import Block, Receipt
 from state.tx import Transaction
@@ -24,6 +24,9 @@ class CommittedBlock:
     txs: list[Transaction]
     receipts: list[Receipt]
     state_root: bytes
+    # (account, issuer, coins) that expired at the start of the block: expiry
+    # has no receipt, so followers learn of it only here.
+    expirations: list[tuple[bytes, bytes, int]] = field(default_factory=list)
 
     @property
     def height(self) -> int:

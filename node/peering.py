@@ -31,6 +31,8 @@ from p2p.network import Network
 from p2p.peers import PeerAddress
 from state.address import parse_address
 from state.codec import DecodeError, decode, encode
+from state.codes import Code
+from state.tx import TxRejected
 
 log = logging.getLogger("node.peering")
 
@@ -46,6 +48,16 @@ CONSENSUS_CODES = {name: code for code, name in CONSENSUS_TYPES.items()}
 MAX_GOSSIP_TXS = 4096
 # Points against a peer that relays a message that fails verification.
 INVALID_MESSAGE_PENALTY = 5
+
+
+FORGED_GOSSIP_CODES = frozenset(
+    {Code.MALFORMED, Code.WRONG_CHAIN, Code.BAD_SIGNATURE, Code.UNKNOWN_KIND}
+)
+
+
+def is_local_failure(reason: str) -> bool:
+    """Reasons the engine gives for its own failures, not the sender's."""
+    return reason.startswith(("internal error", "certified block is invalid here"))
 
 
 def load_peers(config) -> list[PeerAddress]:
@@ -147,7 +159,16 @@ class Peering:
         except DecodeError as exc:
             self.penalize(peer, f"bad tx gossip: {exc}")
             return
-        await self.node.submit_batch(raws, gossip=False)
+        results = await self.node.submit_batch(raws, gossip=False)
+        # An honest peer gossips only what it admitted itself, so forms,
+        # chains and signatures that fail here are the sender's doing.
+        forged = sum(
+            1
+            for r in results
+            if isinstance(r, TxRejected) and r.code in FORGED_GOSSIP_CODES
+        )
+        if forged:
+            self.penalize(peer, f"gossiped {forged} malformed or forged transactions")
 
     def consensus_handler(self, name: str):
         async def handle(peer: bytes, body: bytes) -> None:
@@ -155,8 +176,15 @@ class Peering:
             if engine is None:
                 return
             reason = await engine.on_message(name, body, peer.hex()[:8])
-            if reason is not None:
-                self.penalize(peer, f"{name}: {reason}")
+            if reason is None:
+                return
+            if is_local_failure(reason):
+                # Our own trouble (a full disk, no file descriptors, a state
+                # that diverged): the peer did nothing wrong.
+                log.error("consensus message not handled peer=%s reason=%r",
+                          peer.hex()[:8], reason)  # fmt: skip
+                return
+            self.penalize(peer, f"{name}: {reason}")
 
         return handle
 

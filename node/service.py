@@ -234,7 +234,10 @@ class Node:
         if len(self.app.validators(self.store.height + 1)) == 1:
             return None  # alone: nobody else can have seen it sign anything
         await asyncio.sleep(DISCOVERY_S)
-        tip = self.peering.sync.best_tip()
+        # A status message is unsigned: take the height that f+1 peers claim,
+        # so that up to f liars cannot push the first signing height away.
+        n = len(self.app.validators(self.store.height + 1))
+        tip = self.peering.sync.agreed_tip((n - 1) // 3 + 1)
         if tip == 0 and self.store.height == 0:
             return None  # a new chain: nothing was signed yet
         deadline = asyncio.get_running_loop().time() + SYNC_BEFORE_SIGNING_S
@@ -288,6 +291,10 @@ class Node:
         added = []
         for i, tx in decoded:
             try:
+                if tx.hash not in self.signatures and tx.hash not in self.mempool:
+                    # It failed in the pool just now: say so without verifying
+                    # it a second time on the event loop.
+                    raise TxRejected(Code.BAD_SIGNATURE, "signature does not verify")
                 admission = self.mempool.admit(tx, now_s)
             except (TxRejected, MempoolFull) as exc:
                 results[i] = exc

@@ -29,6 +29,7 @@ import json
 import math
 import re
 from collections.abc import Iterable
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -405,15 +406,35 @@ def kind_name(tx: Transaction) -> str:
     return tx.kind.name.lower()
 
 
+# Byte fields of payloads that are hashes (a proposal's or a redemption's
+# transaction hash), shown as hex; every other 32-byte field is a key.
+_HASH_FIELDS = frozenset({"proposal", "redemption"})
+
+
+def payload_value(name: str, value: Any) -> Any:
+    """A payload field as a document value: keys as addresses, hashes and other
+    bytes as hex, nested arguments (a program change's) as objects by name."""
+    if type(value) is bytes:
+        if name in _HASH_FIELDS or len(value) != 32:
+            return value.hex()
+        return address_of(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return {
+            n: payload_value(n, v) for n, v in zip(value._fields, value, strict=True)
+        }
+    if isinstance(value, tuple | list):
+        return [payload_value(name, v) for v in value]
+    if isinstance(value, IntEnum):
+        return int(value)
+    return value
+
+
 def payload_view(tx: Transaction) -> dict[str, Any]:
-    """The payload fields by name; every byte field of a payload is a key."""
-    view: dict[str, Any] = {}
-    for name, value in zip(tx.payload._fields, tx.payload, strict=True):
-        if type(value) is bytes:
-            view[name] = address_of(value)
-        else:
-            view[name] = value
-    return view
+    """The payload fields by name (payload_value)."""
+    return {
+        name: payload_value(name, value)
+        for name, value in zip(tx.payload._fields, tx.payload, strict=True)
+    }
 
 
 def tx_view(tx: Transaction) -> dict[str, Any]:

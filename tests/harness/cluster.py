@@ -678,6 +678,14 @@ class Cluster:
         )
         return chains
 
+    def assert_no_double_signing(self, names: Iterable[str] | None = None) -> None:
+        """No node recorded double-sign evidence on chain or saw a double sign."""
+        for name in names or self.running_nodes():
+            recorded = self.client(name).evidence()["evidence"]
+            assert not recorded, f"{name} holds double-sign evidence: {recorded[:3]}"
+            seen = self.log_matches(name, "double signing detected")
+            assert not seen, f"{name} saw double signing: {seen[:3]}"
+
     def wait_until_signing(
         self, name: str, after: int, timeout: float = 30.0
     ) -> list[int]:

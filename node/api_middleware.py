@@ -1,0 +1,179 @@
+"""The HTTP API's middleware: problem documents, limits, CORS, timing.
+
+Every request passes, outermost first, through `observe` (latency by route
+template and status), `problems` (any refusal or failure becomes an RFC 9457
+problem document, internals never shown), `cors_preflight` and `body_limit` (a declared
+body over the limit is refused before it is read). node.api installs them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+
+from node.api_common import node_of
+from node.views import ApiError, clip, too_large
+
+# Logged as the API: operators filter one logger for everything HTTP.
+log = logging.getLogger("node.api")
+
+PROBLEM = "application/problem+json"
+
+IN_FLIGHT = web.AppKey("in_flight", dict)
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+# --- problems ------------------------------------------------------------------------
+
+
+async def send_problem(request: web.Request, error: ApiError) -> web.StreamResponse:
+    body = json.dumps(error.doc, separators=(",", ":")).encode()
+    response = web.Response(
+        status=error.status, body=body, content_type=PROBLEM, headers=error.headers
+    )
+    if error.close:
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()
+    return response
+
+
+# --- middleware ----------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def route_label(request: web.Request) -> str:
+    """The route template, never the raw path: metrics and logs stay bounded."""
+    resource = request.match_info.route.resource
+    return "unmatched" if resource is None else resource.canonical
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    response = await handler(request)
+    method = request.method if request.method in _METHODS else "other"
+    latency = node_of(request).metrics.http_latency
+    latency.labels(route_label(request), method, str(response.status)).observe(
+        time.perf_counter() - started
+    )
+    return response
+
+
+def from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiError:
+    path = clip(request.path)
+    headers = {
+        name: value
+        for name, value in exc.headers.items()
+        if name.lower() not in ("content-type", "content-length")
+    }
+    if exc.status == 404:
+        return ApiError("not_found", f"no route {path}")
+    if exc.status == 405:
+        allowed = ", ".join(sorted(exc.allowed_methods))  # type: ignore[attr-defined]
+        detail = f"{clip(request.method)} is not allowed on {path}; use {allowed}"
+        return ApiError("method_not_allowed", detail, headers=headers)
+    if exc.status == 413:  # client_max_size, met while reading a body
+        limit = node_of(request).config.api.max_body_bytes
+        return too_large(request.content_length, limit)
+    code = exc.reason.lower().replace(" ", "_")
+    return ApiError(code, exc.reason, status=exc.status, headers=headers)
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = from_http_exception(request, exc)
+    except ConnectionError:
+        raise  # the client left; there is no one to answer
+    except Exception:
+        route = route_label(request)
+        log.error("request failed method=%s route=%s", clip(request.method), route,
+                  exc_info=True)  # fmt: skip
+        error = ApiError("internal_error", "the node could not answer; it is logged")
+    log.debug(
+        "request refused method=%s route=%s status=%d code=%s",
+        clip(request.method),
+        route_label(request),
+        error.status,
+        error.doc["code"],
+    )
+    return await send_problem(request, error)
+
+
+def allowed_origin(request: web.Request) -> str | None:
+    """The Access-Control-Allow-Origin value for this request, if any."""
+    origin = request.headers.get("Origin")
+    origins = node_of(request).config.api.cors_origins
+    if origin is None or not origins:
+        return None
+    if "*" in origins:
+        return "*"
+    return origin if origin in origins else None
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    allow = allowed_origin(request)
+    if allow is not None:
+        response.headers["Access-Control-Allow-Origin"] = allow
+        response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+    if node_of(request).config.api.cors_origins:
+        response.headers.add("Vary", "Origin")
+
+
+@web.middleware
+async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    exc = request.match_info.http_exception
+    if (
+        request.method != "OPTIONS"
+        or "Access-Control-Request-Method" not in request.headers
+        or not isinstance(exc, web.HTTPMethodNotAllowed)  # unknown routes: 404
+    ):
+        return await handler(request)
+    if allowed_origin(request) is None:
+        raise ApiError("origin_not_allowed", "this origin may not call the API")
+    headers = {
+        "Access-Control-Allow-Methods": ", ".join(sorted(exc.allowed_methods)),
+        "Access-Control-Allow-Headers": "Accept, Content-Type",
+        "Access-Control-Max-Age": "600",
+    }
+    return web.Response(status=204, headers=headers)
+
+
+@web.middleware
+async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    limit = node_of(request).config.api.max_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise too_large(declared, limit)
+    return await handler(request)
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Answer `Expect: 100-continue`, refusing an oversized body before it comes."""
+    limit = node_of(request).config.api.max_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return await send_problem(request, too_large(declared, limit))
+    if request.version == HttpVersion11:
+        expect = request.headers.get("Expect", "")
+        if expect.lower() != "100-continue":
+            error = ApiError("expectation_failed", f"cannot meet {clip(expect)!r}")
+            return await send_problem(request, error)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+    return None

@@ -1,0 +1,104 @@
+"""Adversarial findings against the HTTP API, kept as regression tests.
+
+Each test is small and deterministic. Tests marked xfail(strict=True) show a
+weakness that is not fixed yet: when it is fixed they start passing and the
+strict marker makes the suite say so, so the marker can then be removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import msgpack
+import pytest
+
+from node.views import ApiError, parse_json
+from state.tx import Transaction
+from tests.node_helpers import C1, C2, running_node
+
+# --- JSON parsing --------------------------------------------------------------------
+
+
+def test_json_depth_prescan_on_unterminated_escaped_quotes_is_fast():
+    # 24 KB of `"\` repeated: every quote starts a string whose closing quote
+    # is escaped, so the nesting pre-scan regex (views._JSON_NESTING) scans to
+    # the end of the body from every quote: quadratic. Sanity check that the
+    # refusal itself is right, and that a small body is fast.
+    body = b'"\\' * 200
+    with pytest.raises(ApiError) as caught:
+        parse_json(body)
+    assert caught.value.doc["code"] == "invalid_json"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ReDoS: views.parse_json's nesting pre-scan (_JSON_NESTING) is "
+    "quadratic on unterminated strings; a 4 MB body blocks the event loop for "
+    "hours (measured: 128 KB -> 62 s)",
+)
+def test_json_prescan_is_linear_in_body_size():
+    body = b'"\\' * 12_000  # 24 KB; linear work would take about a millisecond
+    started = time.perf_counter()
+    with pytest.raises(ApiError):
+        parse_json(body)
+    assert time.perf_counter() - started < 0.5
+
+
+# --- signatures ----------------------------------------------------------------------
+
+
+async def test_bad_signature_is_verified_once_per_submission(tmp_path, monkeypatch):
+    calls = 0
+    original = Transaction.verify_signature
+
+    def counting(self):
+        nonlocal calls
+        calls += 1
+        return original(self)
+
+    monkeypatch.setattr(Transaction, "verify_signature", counting)
+    async with running_node(tmp_path) as h:
+        raws = []
+        for i in range(10):
+            raw = h.award(C1 if i % 2 else C2, 1000 + i)
+            raws.append(raw[:-64] + bytes(64))  # same bytes, signature zeroed
+        reply = await h.call(
+            "POST",
+            "/v1/transactions/batch",
+            data=msgpack.packb(raws, use_bin_type=True),
+            headers={"Content-Type": "application/msgpack"},
+        )
+        assert reply.status == 200
+        assert reply.doc["accepted"] == 0
+        assert {r["code"] for r in reply.doc["results"]} == {"bad_signature"}
+    assert calls == len(raws)
+
+
+# --- connections ---------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="[api] max_connections is only the listen backlog: the API accepts "
+    "any number of idle connections (20,000 idle sockets exhausted a node's "
+    "file descriptors and stopped its signer)",
+)
+async def test_api_bounds_idle_connections(tmp_path):
+    async with running_node(tmp_path, api={"max_connections": 8}) as h:
+        loop = asyncio.get_running_loop()
+        socks = []
+        try:
+            for _ in range(40):
+                s = socket.socket()
+                s.setblocking(False)
+                await loop.sock_connect(s, ("127.0.0.1", h.node.api_port))
+                s.send(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")  # never finished
+                socks.append(s)
+            await asyncio.sleep(0.3)
+            open_now = len(h.node.api_runner.server.connections)
+        finally:
+            for s in socks:
+                s.close()
+    assert open_now <= 8
