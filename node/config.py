@@ -57,6 +57,7 @@ class ApiSection:
     max_body_bytes: int = 4 << 20
     max_batch: int = 2000
     max_wait_s: float = 30.0
+    # Open connections at most; more are closed on accept (node.api_site).
     max_connections: int = 1024
     cors_origins: list[str] = field(default_factory=list)
 

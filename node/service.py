@@ -160,15 +160,14 @@ class Node:
         from aiohttp import web
 
         from node.api import create_app
+        from node.api_site import CappedTCPSite
 
         api = self.config.api
         self.api_runner = web.AppRunner(
             create_app(self), access_log=None, handle_signals=False
         )
         await self.api_runner.setup()
-        site = web.TCPSite(
-            self.api_runner, api.host, api.port, backlog=api.max_connections
-        )
+        site = CappedTCPSite(self.api_runner, api.host, api.port, api.max_connections)
         await site.start()
         self.api_port = self.api_runner.addresses[0][1]
         log.info("api listening addr=%s:%d", api.host, self.api_port)

@@ -79,12 +79,6 @@ async def test_bad_signature_is_verified_once_per_submission(tmp_path, monkeypat
 # --- connections ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="[api] max_connections is only the listen backlog: the API accepts "
-    "any number of idle connections (20,000 idle sockets exhausted a node's "
-    "file descriptors and stopped its signer)",
-)
 async def test_api_bounds_idle_connections(tmp_path):
     async with running_node(tmp_path, api={"max_connections": 8}) as h:
         loop = asyncio.get_running_loop()

@@ -117,8 +117,9 @@ def signing_height(cluster) -> int:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="node/service.py:238 treats 'no peer heard within DISCOVERY_S' as a "
-    "new chain and lets a validator without a signer record sign from height 1",
+    reason="Node.find_safe_start_height (node/service.py) takes 'no peer heard "
+    "within DISCOVERY_S' for a new chain: a validator without a signer record "
+    "then signs from height 1",
 )
 def test_wiped_validator_alone_after_an_outage_does_not_sign(cluster):
     cluster.wait_for_height(cluster.members, 3)
