@@ -93,8 +93,8 @@ _HASH = re.compile(r"[0-9a-fA-F]{64}")
 _HEIGHT = re.compile(r"[1-9][0-9]{0,18}")
 _UINT = re.compile(r"[0-9]{1,6}")
 _SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?")
-# JSON strings (skipped whole, so brackets inside them do not count) or brackets.
-_JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+# The characters that decide JSON nesting: brackets, quotes, backslashes.
+_JSON_STRUCTURE = re.compile(r'[\[\]{}"\\]')
 
 
 # --- problems ------------------------------------------------------------------------
@@ -184,22 +184,42 @@ def _float(text: str) -> float:
     return value
 
 
+def check_json_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH before the parser recurses.
+
+    One pass over the structural characters, in time linear in the body: inside
+    a string, brackets do not count and a backslash escapes the next character.
+    """
+    depth = 0
+    in_string = False
+    escaped_at = -1
+    for match in _JSON_STRUCTURE.finditer(text):
+        at, char = match.start(), match.group()
+        if in_string:
+            if at == escaped_at:
+                continue
+            if char == "\\":
+                escaped_at = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                detail = f"JSON nests deeper than {MAX_JSON_DEPTH} levels"
+                raise ApiError("too_deep", detail)
+        elif char in "]}":
+            depth -= 1
+
+
 def parse_json(body: bytes) -> Any:
     """Strict JSON: UTF-8, bounded nesting, no duplicate keys, no NaN/Infinity."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError("invalid_utf8", f"not UTF-8 at byte {exc.start}") from None
-    depth = 0
-    for match in _JSON_NESTING.finditer(text):
-        token = match.group()
-        if token in ("[", "{"):
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                detail = f"JSON nests deeper than {MAX_JSON_DEPTH} levels"
-                raise ApiError("too_deep", detail)
-        elif token in ("]", "}"):
-            depth -= 1
+    check_json_depth(text)
     try:
         return json.loads(
             text,
