@@ -145,6 +145,11 @@ class BlockSync:
             self.target = target
         self._wake.set()
 
+    def known_tips(self) -> int:
+        """How many connected peers have said where their chain is."""
+        connected = set(self.peers())
+        return sum(1 for p in self.peer_tips if p in connected)
+
     def agreed_tip(self, agree: int) -> int:
         """The highest height that at least `agree` connected peers claim, so
         that fewer than `agree` liars cannot raise it."""

@@ -35,10 +35,11 @@ log = logging.getLogger("node")
 # GIL, so two threads use both cores of a small machine.
 VERIFY_THREADS = 2
 VERIFY_CHUNK = 256
-# A validator without a signer record listens this long for its peers' tips,
-# and waits at most this long to sync to them, before it joins consensus.
-DISCOVERY_S = 3.0
+# A validator without a signer record waits at most this long to sync to the
+# tip its peers report before it joins consensus, and says every so often
+# that it is still waiting to hear from them.
 SYNC_BEFORE_SIGNING_S = 120.0
+DISCOVERY_LOG_S = 10.0
 EVIDENCE_TTL_S = 600
 # Recently refused transactions are remembered so `GET /v1/transactions/{hash}`
 # can say why; bounded, oldest forgotten first.
@@ -79,6 +80,7 @@ class Node:
         self.mempool: Mempool | None = None
         self.app: LedgerApp | None = None
         self.engine = None
+        self._engine_start: asyncio.Task | None = None
         self.network = None
         self.peering = None
         self.api_runner = None
@@ -142,6 +144,12 @@ class Node:
         if self.api_runner is not None:
             await self.api_runner.cleanup()
             self.api_runner = None
+        if self._engine_start is not None and not self._engine_start.done():
+            self._engine_start.cancel()
+            try:
+                await self._engine_start
+            except asyncio.CancelledError:
+                pass
         if self.engine is not None:
             await self.engine.stop()
             self.engine = None
@@ -213,11 +221,8 @@ class Node:
         )
         self.config.consensus_dir.mkdir(parents=True, exist_ok=True)
         signer = None
-        start_height = None
         if self.kind == "validator":
             signer = SignerGuard(self.config.consensus_dir / "signer.json", self.seed)
-            if signer.last is None:
-                start_height = await self.find_safe_start_height()
         self.engine = ConsensusEngine(
             self.chain_id,
             self.app,
@@ -226,23 +231,47 @@ class Node:
             timeouts,
             WriteAheadLog(self.config.consensus_dir / "wal"),
         )
-        await self.engine.start(start_height)
+        alone = len(self.app.validators(self.store.height + 1)) == 1
+        if signer is None or signer.last is not None or alone:
+            await self.engine.start(None)
+            return
+        # Without a signer record the engine waits, in the background, until
+        # the peers say how far the chain got; the API and sync run meanwhile.
+        self._engine_start = asyncio.create_task(self.start_engine_when_safe())
+
+    async def start_engine_when_safe(self) -> None:
+        start = await self.find_safe_start_height()
+        await self.engine.start(start)
 
     async def find_safe_start_height(self) -> int | None:
-        """The first height a validator without a signer record may sign."""
-        if len(self.app.validators(self.store.height + 1)) == 1:
-            return None  # alone: nobody else can have seen it sign anything
-        await asyncio.sleep(DISCOVERY_S)
-        # A status message is unsigned: take the height that f+1 peers claim,
-        # so that up to f liars cannot push the first signing height away.
+        """The first height a validator without a signer record may sign.
+
+        Silence proves nothing (this node may be alone after an outage), so it
+        waits until f+1 connected peers said where the chain is, takes the
+        height that f+1 of them claim (up to f liars cannot raise it), syncs
+        to it, and signs only from two heights above it. Only when those peers
+        and this node are all at height 0 is the chain new.
+        """
+        sync = self.peering.sync
         n = len(self.app.validators(self.store.height + 1))
-        tip = self.peering.sync.agreed_tip((n - 1) // 3 + 1)
+        agree = (n - 1) // 3 + 1
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        while sync.known_tips() < agree:
+            if loop.time() - since > DISCOVERY_LOG_S:
+                log.info(
+                    "no signer record; waiting for peers heard=%d needed=%d",
+                    sync.known_tips(),
+                    agree,
+                )
+                since = loop.time()
+            await asyncio.sleep(0.2)
+        tip = sync.agreed_tip(agree)
         if tip == 0 and self.store.height == 0:
-            return None  # a new chain: nothing was signed yet
-        deadline = asyncio.get_running_loop().time() + SYNC_BEFORE_SIGNING_S
-        while self.store.height < tip:
-            if asyncio.get_running_loop().time() > deadline:
-                break
+            log.info("no signer record yet on a new chain; signing from height 1")
+            return None
+        deadline = loop.time() + SYNC_BEFORE_SIGNING_S
+        while self.store.height < tip and loop.time() < deadline:
             await asyncio.sleep(0.1)
         start = max(tip, self.store.height) + 2
         log.info("signer record missing tip=%d sign_from=%d", tip, start)
@@ -300,7 +329,9 @@ class Node:
                 self._remember_rejection(tx.hash, exc)
                 continue
             results[i] = admission
-            if admission.added:
+            # A client's resubmission of a pending transaction is sent on again:
+            # a peer that was away when it first went out may not have it.
+            if admission.added or gossip:
                 added.append(tx.raw)
         self.metrics.mempool_txs.set(len(self.mempool))
         self.metrics.mempool_bytes.set(self.mempool.size_bytes)

@@ -103,12 +103,6 @@ def test_commits_need_a_quorum_and_resume_with_it(cluster):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Node.submit_batch (node/service.py) gossips a transaction only when it "
-    "is new to the mempool: one admitted while no peer was connected is never "
-    "forwarded, and resubmitting the same bytes does not forward it either",
-)
 def test_auditor_submission_during_a_validator_restart_becomes_final(cluster):
     merchant = cluster.register_merchant(via="v1")
     customer = Keypair.generate()

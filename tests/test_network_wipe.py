@@ -33,8 +33,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 WIPED = "v4"
 LATE = "a1"
 SIGN_FROM = re.compile(r"signer record missing tip=(\d+) sign_from=(\d+)")
-# node.service.DISCOVERY_S, plus time to start and to look at what it decided.
-ALONE_S = 3.0 + 5.0
+# Long enough for a wiped validator left alone to have signed, had it wrongly
+# taken silence for a new chain: start-up plus a few status intervals.
+ALONE_S = 8.0
 
 
 @pytest.fixture
@@ -115,12 +116,6 @@ def signing_height(cluster) -> int:
     return sign_from
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Node.find_safe_start_height (node/service.py) takes 'no peer heard "
-    "within DISCOVERY_S' for a new chain: a validator without a signer record "
-    "then signs from height 1",
-)
 def test_wiped_validator_alone_after_an_outage_does_not_sign(cluster):
     cluster.wait_for_height(cluster.members, 3)
     log.info("v1 and v2 go down: v3 and v4 vote at the next height without a quorum")
