@@ -116,7 +116,11 @@ class NodeUnreachable(OSError):
     """The node could not be reached, or the connection failed mid-request."""
 
     def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"node unreachable at {url}: {reason}")
+        super().__init__(
+            f"node unreachable at {url}: {reason} (is a node running there? "
+            "`perk devnet up` starts a local network; `--api` or PERK_API "
+            "names the node)"
+        )
         self.url = url
         self.reason = reason
 

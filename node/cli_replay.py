@@ -7,12 +7,21 @@ import asyncio
 import sys
 from pathlib import Path
 
-from node.cli_common import EXIT_OK, EXIT_REFUSED, Output, json_parent, positive_int
+from node.cli_common import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    CliError,
+    Output,
+    json_parent,
+    positive_int,
+)
 
 
 def replay(args: argparse.Namespace, out: Output) -> int:
     from tqdm import tqdm
 
+    from node.replay import ReplayError
     from node.replay import replay as run_replay
 
     bar = None
@@ -37,6 +46,8 @@ def replay(args: argparse.Namespace, out: Output) -> int:
         report = asyncio.run(
             run_replay(Path(args.home), args.limit, args.keep, progress_factory)
         )
+    except ReplayError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     finally:
         if bar is not None:
             bar.close()
@@ -65,9 +76,9 @@ def print_report(r: dict) -> None:
         print(f"    failed {code:<23}{n:>10,}")
     print(f"  coins issued     {r['coins_issued']:>10,}")
     print(f"  coins redeemed   {r['coins_redeemed']:>10,}")
-    print(f"  coins clawed back{r['coins_clawed_back']:>10,}")
+    print(f"  coins clawed back {r['coins_clawed_back']:>9,}")
     print(f"  coins expired    {r['coins_expired']:>10,}")
-    print(f"  coins outstanding{r['coins_outstanding']:>10,}   (net of customer debt)")
+    print(f"  coins outstanding {r['coins_outstanding']:>9,}   (net of customer debt)")
     print("  top merchants: coins issued, redeemed there; settlement in pence")
     print(f"    {'':<18}{'issued':>12}{'redeemed':>12}{'fee':>12}{'reimbursed':>12}"
           f"{'net':>12}")  # fmt: skip

@@ -35,6 +35,7 @@ program's CRM would derive them from its own ids (docs/loyalty.md).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import shutil
 import time
@@ -48,7 +49,7 @@ from client import builders
 from client.keys import Keypair
 from client.keystore import load_keystore
 from node.audit import audit_api
-from node.devnet import ADMIN_PASSWORD_FILE, WALLET_DIR, down, up
+from node.devnet import ADMIN_PASSWORD_FILE, DEVNET_FILE, WALLET_DIR, down, up
 from node.retail_data import Invoice, ReadStats, data_files, read_invoices
 from state.address import address_of
 from state.block import decode_block, decode_receipts
@@ -322,6 +323,30 @@ class Replay:
                 progress(sum(i.lines for i in batch), self.track.height, rate)
 
 
+class ReplayError(Exception):
+    """A replay that cannot start; the message says what to do."""
+
+
+def claim_folder(root: Path):
+    """Take the devnet folder for this replay: refuse while another replay
+    holds it, stop a devnet still running there, then start from empty."""
+    root = root.resolve()
+    lock_path = root.parent / f".{root.name}.lock"
+    lock = open(lock_path, "w")  # noqa: SIM115 (held for the whole replay)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ReplayError(
+            f"another replay is using {root}; wait for it or use --home"
+        ) from None
+    if (root / DEVNET_FILE).exists():
+        down(root)  # a devnet left running there (by hand, or --keep)
+    if root.exists():
+        shutil.rmtree(root)
+    return lock
+
+
 async def replay(
     root: Path,
     limit: int | None,
@@ -332,8 +357,14 @@ async def replay(
     if not invoices:
         raise RuntimeError("no usable invoices in the rows read")
     start_s = invoices[0].time_s // SECONDS_PER_DAY * SECONDS_PER_DAY - 3_600
-    if root.exists():
-        shutil.rmtree(root)
+    lock = await asyncio.to_thread(claim_folder, root)
+    try:
+        return await replay_in(root, invoices, stats, start_s, keep, progress_factory)
+    finally:
+        lock.close()
+
+
+async def replay_in(root, invoices, stats, start_s, keep, progress_factory) -> dict:
     doc = await asyncio.to_thread(
         up, root, 4, 1, CHAIN_ID, 60.0, SEED, (start_s - 60) * 1000, BLOCK_INTERVAL_MS
     )
