@@ -80,15 +80,16 @@ class EarningRules(Books):
             if spend < rules.min_spend
             else spend * merchant.rate_for(p.category) // 100
         )
-        history = (
-            prune_history(customer.history, self.day, rules.tier_window_days)
-            if rules.tiers_on
-            else []
-        )
-        tier = rules.tier_of(window_total(history, self.day, rules.tier_window_days))
-        coins = base * rules.tier_multiplier(tier) // BP
+        if rules.tiers_on:
+            history = prune_history(customer.history, self.day, rules.tier_window_days)
+            tier = rules.tier_of(
+                window_total(history, self.day, rules.tier_window_days)
+            )
+            coins = base * rules.tier_multiplier(tier) // BP
+        else:
+            coins = base
         uses = []  # (campaign id, coins) counted against per-customer caps
-        if base:
+        if base and self.campaigns:
             for campaign in active_campaigns(self.campaigns, self.now_s, signer):
                 extra = campaign_extra(campaign, base)
                 if campaign[C_CAP]:
