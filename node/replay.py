@@ -314,7 +314,9 @@ class Replay:
             batch = days[day]
             now_s = max(i.time_s for i in batch)
             self.set_clock(now_s)
-            txs = self.day_transactions(batch, now_s) + await self.redemptions(now_s)
+            # Redemptions were decided on the balances at the end of the day
+            # before; they go first, ahead of this day's refunds.
+            txs = await self.redemptions(now_s) + self.day_transactions(batch, now_s)
             await self.submit(txs)
             await self.wait_final()
             if progress is not None:
