@@ -15,6 +15,7 @@ import time
 import nacl.bindings
 import nacl.signing
 
+from node.gc_tuning import tune_gc
 from state.address import address_of
 from state.block import decode_block
 from state.execute import Executor
@@ -91,6 +92,8 @@ def bench_ledger(n: int = 100_000, block_size: int = 1000, customers: int = 20_0
         expected_root = proposer.state_root
         proposer.close()
 
+        # The node runs with these collector settings (node.gc_tuning).
+        tune_gc()
         signatures = SignatureCache(capacity=n + 1)
         for raw in raws:
             signatures.add(decode_tx(raw))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from node.cli_common import EXIT_OK, EXIT_USAGE
 from node.config import Config, ConfigError, load_config, read_node_key
+from node.gc_tuning import tune_gc
 from node.logs import setup_logging
 from state.genesis import Genesis, GenesisError, load_genesis
 from state.store import StoreError
@@ -40,6 +41,7 @@ def run_node(home: str | Path) -> int:
         print(f"perk: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.node.log_level, config.node.log_format, config.node.name)
+    tune_gc()
     try:
         return asyncio.run(serve(config, genesis, seed))
     except StartupError as exc:
