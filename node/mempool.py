@@ -13,6 +13,7 @@ transactions leave the pool and the rest are rechecked for expiry.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ class Mempool:
         self.max_txs = max_txs
         self.max_bytes = max_bytes
         self._txs: OrderedDict[bytes, Transaction] = OrderedDict()
+        self._admitted_at: dict[bytes, float] = {}
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -99,8 +101,20 @@ class Mempool:
             )
 
         self._txs[tx.hash] = tx
+        self._admitted_at[tx.hash] = time.monotonic()
         self._bytes += len(tx.raw)
         return Admission(tx, added=True)
+
+    def waiting_longer_than(self, seconds: float, limit: int) -> list[Transaction]:
+        """The oldest transactions that have waited over `seconds`, at most
+        `limit` of them (the pool is in admission order)."""
+        cutoff = time.monotonic() - seconds
+        out = []
+        for tx_hash, tx in self._txs.items():
+            if len(out) >= limit or self._admitted_at[tx_hash] > cutoff:
+                break
+            out.append(tx)
+        return out
 
     # --- block production ---
 
@@ -131,3 +145,4 @@ class Mempool:
         tx = self._txs.pop(tx_hash, None)
         if tx is not None:
             self._bytes -= len(tx.raw)
+            del self._admitted_at[tx_hash]

@@ -7,10 +7,11 @@
     5 status     [height, block_hash] every few seconds            broadcast
     6 blocks     block sync request / response                     request
 
-Transactions are gossiped once, by the node that admitted them from a client,
-to every peer; peers do not relay them again. In the full mesh of a
-permissioned network every node hears them directly, and a proposer that
-missed one will have it at a later height's proposer.
+Transactions are gossiped by the node that admitted them from a client, to
+every peer; peers do not relay them. In the full mesh of a permissioned
+network every node hears them directly. A transaction that still waits in a
+mempool after a few seconds is sent again, so one admitted while its node had
+no peers, or missed by a peer that was restarting, still reaches a proposer.
 
 The allowlist is the validator set (which follows on-chain changes) plus the
 observer keys in the node's configuration. Every peer must also be listed in
@@ -46,6 +47,8 @@ MSG_BLOCKS = 6
 CONSENSUS_TYPES = {MSG_PROPOSAL: "proposal", MSG_VOTE: "vote", MSG_COMMIT: "commit"}
 CONSENSUS_CODES = {name: code for code, name in CONSENSUS_TYPES.items()}
 MAX_GOSSIP_TXS = 4096
+# Transactions still waiting after this long are gossiped again.
+REANNOUNCE_AFTER_S = 5.0
 # Points against a peer that relays a message that fails verification.
 INVALID_MESSAGE_PENALTY = 5
 
@@ -142,7 +145,16 @@ class Peering:
     async def announce_status_loop(self) -> None:
         while True:
             self.announce_status()
+            await self.reannounce_waiting_txs()
             await asyncio.sleep(STATUS_INTERVAL_S)
+
+    async def reannounce_waiting_txs(self) -> None:
+        """Send again what has waited in the mempool for a while: a peer that
+        was away when it first went out (or a proposer that never got it)
+        hears of it now. Peers that have it answer idempotently."""
+        waiting = self.node.mempool.waiting_longer_than(REANNOUNCE_AFTER_S, 2000)
+        if waiting and self.network.connected_peers():
+            await self.gossip_txs([tx.raw for tx in waiting])
 
     def announce_status(self) -> None:
         store = self.node.store
