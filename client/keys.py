@@ -1,20 +1,8 @@
-"""Signing keys; addresses are their text form (state.address).
+"""Signing keys for accounts, merchants, admins and nodes.
 
-Every account on perkchain, whether a customer, a merchant, an operator or a
-validator node, is an Ed25519 public key: the key that signs a transaction is
-also the account it acts for. On the wire a key is its 32 raw bytes; people
-see it as a bech32 address with the human-readable part ``perk``:
-
-    perk1<52 data characters><6 checksum characters>
-
-The checksum catches any single mistyped character, so a coin transfer cannot
-land on a neighbouring key because of a typo. Bech32 has one known blind spot:
-inserting or deleting a ``q`` just before a final ``p`` keeps the checksum
-valid. An address must decode to exactly 32 bytes, and every such edit changes
-the length, so it is refused too.
-
-Parsing is strict: no surrounding whitespace, no mixed case, no other prefix.
-A string that is not exactly an address is an error, never a guess.
+Every account on perkchain is an Ed25519 public key: the key that signs a
+transaction is also the account it acts for. People see keys as bech32
+addresses (`perk1...`), defined in state.address and re-exported here.
 """
 
 from __future__ import annotations

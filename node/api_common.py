@@ -62,24 +62,8 @@ def wants_csv(request: web.Request, params: dict[str, str]) -> bool:
         if chosen not in ("json", "csv"):
             raise views.bad_param("format", "expected json or csv")
         return chosen == "csv"
-    best = {"csv": 0.0, "json": 0.0}
-    for part in request.headers.get("Accept", "").split(","):
-        media, _, rest = part.partition(";")
-        q = 1.0
-        for param in rest.split(";"):
-            name, _, value = param.partition("=")
-            if name.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        q = q if 0.0 <= q <= 1.0 else 0.0
-        media = media.strip().lower()
-        if media == CSV:
-            best["csv"] = max(best["csv"], q)
-        elif media in (JSON, "application/*", "*/*"):
-            best["json"] = max(best["json"], q)
-    return best["csv"] > 0 and best["csv"] > best["json"]
+    best_csv, best_json = views.preference(request.headers.get("Accept", ""), [CSV])
+    return best_csv > 0 and best_csv > best_json
 
 
 def csv_reply(

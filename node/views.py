@@ -327,13 +327,12 @@ def check_batch_size(count: int, max_batch: int) -> None:
 # --- parameters ----------------------------------------------------------------------
 
 
-def prefers_msgpack(accept: str) -> bool:
-    """True when an Accept header prefers msgpack to JSON (a tie goes to the one
-    named explicitly, so `*/*` alone still means JSON)."""
-    best_json = best_msgpack = 0.0
+def accepted_media(accept: str) -> list[tuple[str, float]]:
+    """(media type, quality) for each entry of an Accept header; a quality that
+    is not a number in 0..1 (NaN, nonsense) counts as "not at all"."""
+    out = []
     for part in accept.split(","):
         media, _, params = part.partition(";")
-        media = media.strip().lower()
         q = 1.0
         for param in params.split(";"):
             name, _, value = param.partition("=")
@@ -342,11 +341,26 @@ def prefers_msgpack(accept: str) -> bool:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        q = q if 0.0 <= q <= 1.0 else 0.0  # NaN and nonsense count as "not at all"
-        if media in MSGPACK_TYPES:
-            best_msgpack = max(best_msgpack, q)
+        out.append((media.strip().lower(), q if 0.0 <= q <= 1.0 else 0.0))
+    return out
+
+
+def preference(accept: str, media_types: Iterable[str]) -> tuple[float, float]:
+    """The best quality given to any of `media_types`, and to JSON."""
+    wanted = frozenset(media_types)
+    best = best_json = 0.0
+    for media, q in accepted_media(accept):
+        if media in wanted:
+            best = max(best, q)
         elif media in (JSON, "application/*", "*/*"):
             best_json = max(best_json, q)
+    return best, best_json
+
+
+def prefers_msgpack(accept: str) -> bool:
+    """True when an Accept header prefers msgpack to JSON (a tie goes to the one
+    named explicitly, so `*/*` alone still means JSON)."""
+    best_msgpack, best_json = preference(accept, MSGPACK_TYPES)
     return best_msgpack > 0 and best_msgpack >= best_json
 
 
