@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,8 @@ log = logging.getLogger("node.devnet")
 
 DEVNET_FILE = "devnet.json"
 PORT_ATTEMPTS = 3
+DEVNET_TIME_ZONES = ("UTC", "Europe/London", "America/New_York", "Asia/Tokyo",
+                     "Australia/Adelaide")  # fmt: skip
 CLOCK_FILE = "clock.json"
 ADMIN_PASSWORD_FILE = "admin.password"
 WALLET_DIR = "wallets"
@@ -383,6 +386,11 @@ def start_node_process(home: Path) -> subprocess.Popen:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (source_root, env.get("PYTHONPATH")) if p
     )
+    # Each node of a devnet runs with its own hash seed and time zone, so any
+    # dependence of the ledger on either shows up as nodes that disagree.
+    variant = zlib.crc32(home.name.encode())
+    env["PYTHONHASHSEED"] = str(variant % 4_294_967_295)
+    env["TZ"] = DEVNET_TIME_ZONES[variant % len(DEVNET_TIME_ZONES)]
     with open(home / NODE_LOG, "ab") as output:
         return subprocess.Popen(
             [sys.executable, "-m", "node.cli", "node", "run", "--home", str(home)],
