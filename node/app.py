@@ -54,7 +54,6 @@ class LedgerApp:
         self._results: dict[bytes, BlockResult] = {}
         self.indexer = Indexer(store, executor.signatures)
         self.indexer.catch_up()
-        self.sync_target = 0
         self.on_sync_needed: Callable[[int], None] | None = None
         self.on_evidence: Callable[[object], None] | None = None
         self.on_validators_changed: Callable[[], None] | None = None
@@ -161,10 +160,10 @@ class LedgerApp:
             self.on_evidence(evidence)
 
     def request_sync(self, target_height: int) -> None:
-        if target_height > self.sync_target:
-            self.sync_target = target_height
-            if self.on_sync_needed is not None:
-                self.on_sync_needed(target_height)
+        # Block sync keeps the highest target and wakes on every request, so a
+        # retry of the same target (the engine repeats it) still gets through.
+        if self.on_sync_needed is not None:
+            self.on_sync_needed(target_height)
 
     # --- helpers ---
 

@@ -41,7 +41,7 @@ from node.devnet import (
     up,
     write_devnet,
 )
-from state.block import decode_block, decode_receipts
+from node.follow import committed_outcomes
 from state.codec import encode, sha256
 from state.codes import Code
 
@@ -128,15 +128,9 @@ class Load:
             tip = (await self.status(url))["height"]
             while self.height < tip:
                 self.height += 1
-                async with self.session.get(
-                    f"{url}/v1/blocks/{self.height}/raw"
-                ) as response:
-                    doc = await response.json()
+                outcomes = await committed_outcomes(self.session, url, self.height)
                 now = time.monotonic()
-                block = decode_block(bytes.fromhex(doc["block"]))
-                receipts = decode_receipts(bytes.fromhex(doc["receipts"]))
-                for raw, receipt in zip(block.txs, receipts, strict=True):
-                    tx_hash = sha256(raw)
+                for tx_hash, receipt in outcomes:
                     if tx_hash in self.submitted_at:
                         self.final_at[tx_hash] = now
                         if receipt.code != Code.OK:

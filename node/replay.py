@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import hashlib
 import shutil
 import time
@@ -50,9 +51,9 @@ from client.keys import Keypair
 from client.keystore import load_keystore
 from node.audit import audit_api
 from node.devnet import ADMIN_PASSWORD_FILE, DEVNET_FILE, WALLET_DIR, down, up
+from node.follow import committed_outcomes
 from node.retail_data import Invoice, ReadStats, data_files, read_invoices
 from state.address import address_of
-from state.block import decode_block, decode_receipts
 from state.changes import ChangeAction
 from state.codec import encode, sha256
 from state.codes import Code
@@ -82,11 +83,14 @@ BALANCE_EVENTS = frozenset(
 )
 
 
+# Keys are derived (SHA-256, then Ed25519 key generation) once per name.
+@functools.cache
 def customer_key(customer: str) -> Keypair:
     seed = hashlib.sha256(f"perk-replay/customer/{customer}".encode()).digest()
     return Keypair.from_seed(seed)
 
 
+@functools.cache
 def merchant_key(country: str) -> Keypair:
     seed = hashlib.sha256(f"perk-replay/merchant/{country}".encode()).digest()
     return Keypair.from_seed(seed)
@@ -120,6 +124,10 @@ class Replay:
         # first; what a cancellation can refund.
         self.orders: dict[tuple[str, str], list[list]] = defaultdict(list)
         self.unmatched_refunds = 0
+        # Each customer's first merchant, where their purchases are refunded
+        # and after which they redeem; and their keys by account.
+        self.home: dict[bytes, str] = {}
+        self.customers: dict[bytes, Keypair] = {}
         self.merchants: list[str] = []
 
     # --- the clock and the chain ---
@@ -171,13 +179,9 @@ class Replay:
             await asyncio.sleep(0.02)
 
     async def read_block(self, url: str, height: int) -> None:
-        async with self.session.get(f"{url}/v1/blocks/{height}/raw") as response:
-            doc = await response.json()
+        outcomes = await committed_outcomes(self.session, url, height)
         now = time.monotonic()
-        block = decode_block(bytes.fromhex(doc["block"]))
-        receipts = decode_receipts(bytes.fromhex(doc["receipts"]))
-        for raw, receipt in zip(block.txs, receipts, strict=True):
-            tx_hash = sha256(raw)
+        for tx_hash, receipt in outcomes:
             if tx_hash not in self.track.submitted_at:
                 continue
             self.track.final_at[tx_hash] = now
@@ -242,6 +246,7 @@ class Replay:
         for invoice in day:
             merchant = merchant_key(invoice.country)
             customer = customer_key(invoice.customer)
+            self.customers[customer.public_key] = customer
             key = (invoice.customer, invoice.country)
             if not invoice.is_cancellation:
                 raw = builders.award_purchase(
@@ -250,6 +255,7 @@ class Replay:
                 )  # fmt: skip
                 txs.append(("award", raw))
                 self.orders[key].append([invoice.number, invoice.pence])
+                self.home.setdefault(customer.public_key, invoice.country)
                 continue
             txs.extend(self.refunds_for(invoice, merchant, expires))
         return txs
@@ -281,32 +287,24 @@ class Replay:
         leave no receipt), so a customer who passes there is checked against
         the balance the node reports."""
         out = []
-        home: dict[bytes, str] = {}
-        for customer, country in self.orders:
-            home.setdefault(customer_key(customer).public_key, country)
-        for account in sorted(home):
+        for account in sorted(self.home):
             if self.track.balances[account] < 2 * VOUCHER_COINS:
                 continue
             balance = await self.balance(account)
             self.track.balances[account] = balance
             if balance < 2 * VOUCHER_COINS:
                 continue
-            i = self.merchants.index(home[account])
+            i = self.merchants.index(self.home[account])
             partner = self.merchants[(i + 1) % len(self.merchants)]
-            key = self.customer_keys[account]
             raw = builders.redeem(
-                key, self.chain_id, now_s + TTL_S, merchant_key(partner).public_key,
-                VOUCHER_COINS, "replay",
+                self.customers[account], self.chain_id, now_s + TTL_S,
+                merchant_key(partner).public_key, VOUCHER_COINS, "replay",
             )  # fmt: skip
             out.append(("redeem", raw))
         return out
 
     async def run(self, invoices: list[Invoice], progress=None) -> None:
         self.started = time.monotonic()
-        self.customer_keys = {
-            customer_key(c).public_key: customer_key(c)
-            for c in {i.customer for i in invoices}
-        }
         days: dict[int, list[Invoice]] = defaultdict(list)
         for invoice in invoices:
             days[invoice.time_s // SECONDS_PER_DAY].append(invoice)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from node.app import LedgerApp
 from node.config import Config, ConfigError
@@ -433,7 +433,7 @@ class Node:
             "mempool_txs": len(self.mempool),
             "mempool_bytes": self.mempool.size_bytes,
             "syncing": self.is_syncing(),
-            "consensus": None if self.engine is None else vars_of(self.engine.status()),
+            "consensus": None if self.engine is None else asdict(self.engine.status()),
         }
 
     def peer_count(self) -> int:
@@ -441,12 +441,6 @@ class Node:
 
     def is_syncing(self) -> bool:
         return self.peering is not None and self.peering.sync.syncing
-
-
-def vars_of(status) -> dict:
-    from dataclasses import asdict
-
-    return asdict(status)
 
 
 def make_clock(config: Config, genesis: Genesis):
