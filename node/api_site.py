@@ -5,16 +5,41 @@ sit open: thousands of idle or half-sent requests would use up the process's
 file descriptors, and a validator that cannot open its signer file cannot
 sign. Past the cap, a new connection is closed as soon as it is accepted, so
 the node (consensus, peers, the connections it already serves) keeps running.
+
+A request that aiohttp's parser refuses before any route sees it (a request
+line or header over the size limit, a broken header) is answered with a
+`bad_request` problem document like every other refusal, and logged without
+a traceback: it is the client's mistake, and anyone can send one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from node.views import ApiError, clip
 
 log = logging.getLogger("node.api")
+PROBLEM = "application/problem+json"
+
+
+class ProblemRequestHandler(RequestHandler):
+    __slots__ = ()
+
+    def handle_error(self, request, status=500, exc=None, message=None):
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        detail = clip(str(exc or message or "malformed HTTP request"))
+        log.debug("http request refused status=%d detail=%s", status, detail)
+        error = ApiError("bad_request", detail)
+        body = json.dumps(error.doc, separators=(",", ":")).encode()
+        response = web.Response(status=error.status, body=body, content_type=PROBLEM)
+        response.force_close()
+        return response
 
 
 class _Refuse(asyncio.Protocol):
@@ -41,7 +66,8 @@ class CappedTCPSite(web.TCPSite):
                     self._refused,
                 )
             return _Refuse()
-        return server()
+        # As web.Server.__call__ makes it, with problem documents for errors.
+        return ProblemRequestHandler(server, loop=server._loop, **server._kwargs)
 
     async def start(self) -> None:
         self._runner._reg_site(self)

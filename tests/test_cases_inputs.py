@@ -1,0 +1,284 @@
+"""Failure cases C08, C14 and C15: inputs a client gets wrong, or forges.
+
+C08, chain id look-alikes: a transaction signed for another chain, or for an
+id that differs from ours only by case, a trailing space, a suffix digit or a
+look-alike Unicode letter, is refused as `wrong_chain`, alone or in a batch;
+the mempool, height and state root stay as they were and the next block is
+empty.
+
+C14, amount edge values (-1, 0, 2^63, 2^64, 2^64+1, 1.5, "100", 1e3, null,
+true) in an award, a redemption and a transfer: each is refused with a
+problem naming the field `amount`; no block includes any of them; nothing at
+ERROR and no traceback is logged.
+
+C15, bodies that are not what they claim (null, [null], [], {}, "x", 123,
+truncated JSON, invalid UTF-8, duplicate keys, arrays nested 10,000 deep, a
+1 MB transaction id, a wrong content type, an empty body) on the submission
+routes and the transaction lookup: each gets a 4xx problem document, and
+/v1/status answers 200 with the unchanged height after each one.
+
+All three run against one in-process node (tests.node_helpers), where the
+ledger and the logs can be read directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from state.tx import Kind, build_signed
+from tests.node_helpers import C1, C2, CHAIN, MERCHANT, Harness, Reply, running_node
+
+PROBLEM_TYPE = "application/problem+json"
+MB = 1 << 20
+
+
+@pytest.fixture
+async def api(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    async with running_node(tmp_path) as harness:
+        yield harness
+
+
+def ledger_state(h: Harness) -> tuple[int, str, int]:
+    store = h.node.store
+    return store.height, store.state_root.hex(), len(h.node.mempool)
+
+
+def assert_problem(reply: Reply, status: int | None, code: str | None) -> dict:
+    """A problem document; `status`/`code` None accept any 4xx / any code."""
+    assert reply.headers.get("Content-Type") == PROBLEM_TYPE, (
+        reply.status,
+        reply.headers.get("Content-Type"),
+        reply.body[:200],
+    )
+    if status is None:
+        assert 400 <= reply.status < 500, (reply.status, reply.body[:200])
+    else:
+        assert reply.status == status, (reply.status, reply.body[:200])
+    if code is not None:
+        assert reply.doc["code"] == code, reply.doc
+    assert reply.doc["status"] == reply.status
+    return reply.doc
+
+
+def assert_no_trouble_logged(caplog) -> None:
+    """Refusals are deliberate: nothing went through an error path."""
+    trouble = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.ERROR or r.exc_info is not None
+    ]
+    assert not trouble, trouble[:3]
+    assert "Traceback" not in caplog.text
+
+
+def expiry() -> int:
+    return time.time_ns() // 10**9 + 600
+
+
+# --- C08: chain id look-alikes -----------------------------------------------------
+
+LOOK_ALIKES = [
+    "perk-staging-1",  # another chain of the same operator
+    CHAIN.upper(),
+    CHAIN[0].upper() + CHAIN[1:],
+    CHAIN + " ",
+    " " + CHAIN,
+    CHAIN + "0",
+    CHAIN[:-1] + "2",
+    CHAIN.replace("e", "\u0435"),  # Cyrillic small ie
+    CHAIN.replace("p", "\u0440", 1),  # Cyrillic small er
+    "\uff50" + CHAIN[1:],  # fullwidth p
+]
+# Invisible characters are not even a well-formed chain id: refused as
+# malformed, naming the field, before the chain is compared.
+INVISIBLE = [CHAIN + "\u200b", "\u2060" + CHAIN, CHAIN.replace("-", "\u00ad", 1)]
+
+
+@pytest.mark.parametrize(
+    "chain_id",
+    [*LOOK_ALIKES, *INVISIBLE],
+    ids=ascii,
+)
+async def test_c08_chain_id_look_alike_is_refused_as_wrong_chain(
+    api: Harness, chain_id: str, caplog
+):
+    code = "malformed" if chain_id in INVISIBLE else "wrong_chain"
+    status = 400 if chain_id in INVISIBLE else 422
+    before = ledger_state(api)
+    # Signed as the merchant's own software would, without the client
+    # library's checks of the chain id's characters.
+    raw = build_signed(
+        chain_id, Kind.AWARD_PURCHASE, MERCHANT.public_key, expiry(),
+        [C1.public_key, "order-c08", 1000], MERCHANT.sign,
+    )  # fmt: skip
+
+    for reply in (await api.submit(raw), await api.submit_msgpack(raw)):
+        doc = assert_problem(reply, status, code)
+        if code == "malformed":
+            assert doc["field"] == "chain_id", doc
+    batch = await api.call(
+        "POST", "/v1/transactions/batch", json_body={"txs": [raw.hex()]}
+    )
+    assert batch.status == 200, batch.body[:200]
+    assert [r["code"] for r in batch.doc["results"]] == [code]
+
+    assert ledger_state(api) == before
+    assert not api.produce_block().txs
+    assert (await api.get(f"/v1/accounts/{C1.address}")).doc["balance"] == 0
+    assert_no_trouble_logged(caplog)
+
+
+async def test_c08_the_real_chain_id_is_accepted(api: Harness):
+    """The control for the look-alikes: the same award for our chain commits."""
+    reply = await api.submit(api.award(C1, 1000))
+    assert reply.status == 202, reply.body[:200]
+    assert len(api.produce_block().txs) == 1
+    assert (await api.get(f"/v1/accounts/{C1.address}")).doc["balance"] == 100
+
+
+# --- C14: amount edge values ----------------------------------------------------------
+
+
+class Text(str):
+    """An amount a client sent as text ("100" or a number too big for msgpack)."""
+
+
+EDGE_AMOUNTS: list[tuple[str, Any]] = [
+    ("-1", -1),
+    ("0", 0),
+    ("2^63", 2**63),
+    # msgpack integers stop at 2^64 - 1: beyond, a client can only send a
+    # float or text, and each must be refused as not an integer.
+    ("2^64 as float", float(2**64)),
+    ("2^64 as text", Text(str(2**64))),
+    ("2^64+1 as text", Text(str(2**64 + 1))),
+    ("1.5", 1.5),
+    ('"100"', Text("100")),
+    ("1e3", 1e3),
+    ("null", None),
+    ("true", True),
+]
+
+# (kind, the payload around an amount) for the three kinds that move coins.
+AMOUNT_PAYLOADS = {
+    "award": (Kind.AWARD_PURCHASE, lambda a: [C1.public_key, "order-c14", a]),
+    "redeem": (Kind.REDEEM, lambda a: [MERCHANT.public_key, a, "c14"]),
+    "transfer": (Kind.TRANSFER, lambda a: [C2.public_key, a, "c14"]),
+}
+
+
+def with_amount(kind_name: str, amount: Any) -> bytes:
+    kind, payload = AMOUNT_PAYLOADS[kind_name]
+    signer = MERCHANT if kind == Kind.AWARD_PURCHASE else C1
+    value = str(amount) if isinstance(amount, Text) else amount
+    return build_signed(
+        CHAIN, kind, signer.public_key, expiry(), payload(value), signer.sign
+    )
+
+
+@pytest.mark.parametrize("kind_name", list(AMOUNT_PAYLOADS))
+async def test_c14_amount_edge_values_are_refused_with_a_field_error(
+    api: Harness, kind_name: str, caplog
+):
+    # C1 holds coins, so a redemption or transfer is refused for its amount,
+    # not for an empty balance.
+    assert (await api.submit(api.award(C1, 10_000))).status == 202
+    api.produce_block()
+    before = ledger_state(api)
+
+    refused = {}
+    for label, amount in EDGE_AMOUNTS:
+        raw = with_amount(kind_name, amount)
+        for reply in (await api.submit(raw), await api.submit_msgpack(raw)):
+            doc = assert_problem(reply, None, None)
+            assert doc["code"] in ("amount_out_of_range", "malformed"), (label, doc)
+            assert doc.get("field") == "amount", (label, doc)
+        refused[label] = doc["code"]
+
+    assert ledger_state(api) == before
+    block = api.produce_block()
+    assert not block.txs, f"a block included {len(block.txs)} of them"
+    assert (await api.get(f"/v1/accounts/{C1.address}")).doc["balance"] == 1000
+    assert_no_trouble_logged(caplog)
+    # In range but the wrong type is a form error; an integer out of range is
+    # a range error.
+    assert refused["0"] == refused["-1"] == refused["2^63"] == "amount_out_of_range"
+    assert refused["1.5"] == refused["null"] == refused["true"] == "malformed"
+
+
+# --- C15: bodies that are not what they claim -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Body:
+    name: str
+    data: bytes
+    content_type: str = "application/json"
+
+
+NESTED = b"[" * 10_000 + b"]" * 10_000
+BODIES = [
+    Body("null", b"null"),
+    Body("[null]", b"[null]"),
+    Body("[]", b"[]"),
+    Body("{}", b"{}"),
+    Body('"x"', b'"x"'),
+    Body("123", b"123"),
+    Body("truncated json", b'{"tx": "00'),
+    Body("invalid utf-8", b'{"tx": "\xc3\x28"}'),
+    Body("invalid utf-8 outside strings", b'{"tx"\xff: "00"}'),
+    Body("duplicate keys", b'{"tx": "00", "tx": "00"}'),
+    Body("10,000-deep arrays", NESTED),
+    Body("10,000-deep objects", b'{"a":' * 10_000 + b"1" + b"}" * 10_000),
+    Body("1 MB transaction", json.dumps({"tx": "ab" * (MB // 2)}).encode()),
+    Body("wrong content type", b'{"tx": "00"}', "text/plain"),
+    Body("form content type", b"tx=00", "application/x-www-form-urlencoded"),
+    Body("no content type", b'{"tx": "00"}', ""),
+    Body("empty body", b""),
+]
+ROUTES = ["/v1/transactions", "/v1/transactions/batch"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+async def test_c15_malformed_bodies_get_a_problem_and_status_stays_up(
+    api: Harness, route: str, caplog
+):
+    before = ledger_state(api)
+    for body in BODIES:
+        headers = {"Content-Type": body.content_type} if body.content_type else {}
+        reply = await api.call("POST", route, data=body.data, headers=headers)
+        assert_problem(reply, None, None)
+
+        status = await api.get("/v1/status")
+        assert status.status == 200, (body.name, status.status)
+        assert status.doc["height"] == before[0]
+    assert ledger_state(api) == before
+    assert_no_trouble_logged(caplog)
+
+
+@pytest.mark.parametrize(
+    "tx_id",
+    [
+        "ab" * (MB // 2),  # 1 MB: longer than any request line the server reads
+        "ab" * 4000,  # fits in a request line, far longer than a hash
+        "zz" * 32,
+        "%00" * 32,
+        "%ff" * 32,
+    ],
+    ids=["1 MB", "8 KB", "not hex", "NUL bytes", "invalid utf-8"],
+)
+async def test_c15_a_malformed_transaction_id_gets_a_problem(
+    api: Harness, tx_id: str, caplog
+):
+    reply = await api.get(f"/v1/transactions/{tx_id}")
+    assert_problem(reply, None, None)
+    status = await api.get("/v1/status")
+    assert status.status == 200
+    assert_no_trouble_logged(caplog)
