@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test run lint format bench clean
+.PHONY: install test run lint format bench soak clean
 
 install: $(STAMP)
 
@@ -37,3 +37,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache devnet
+
+# The fault and bad-input soak: a local network under load, faults and bad
+# inputs for SOAK_MINUTES; the last line is a JSON summary (see docs/reliability.md).
+SOAK_MINUTES ?= 20
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak --minutes $(SOAK_MINUTES)
