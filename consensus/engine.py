@@ -508,6 +508,8 @@ class ConsensusEngine:
         except DoubleSignRefused as exc:
             self.log.warning("signer refused: %s", exc)
             return None
+        if self.faults.on_signed is not None:
+            self.faults.on_signed(message)
         if self.faults.halt_after_sign:
             self.log.warning("fault: halting right after signing")
             self._halt()

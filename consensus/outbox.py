@@ -29,11 +29,14 @@ class Faults:
     halt_after_sign: stop dead, as if the process were killed, right after the
     signer guard recorded a signature and before the message reaches the
     write-ahead log or the network.
+    on_signed: called with each proposal or vote at that same moment (a node's
+    test switch ends the process there, see node.testing).
     """
 
     drop_outbound_votes: bool = False
     drop_outbound_proposals: bool = False
     halt_after_sign: bool = False
+    on_signed: Callable[[object], None] | None = None
 
 
 class Outbox:

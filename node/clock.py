@@ -11,7 +11,12 @@ would have).
     {"offset_ms": 3600000}      the wall clock plus this offset
 
 The clock only moves forward: a node never reports a time earlier than one it
-reported before, whatever the file says. A node refuses to start with a clock
+reported before, whatever the file says.
+
+A test may also give one node its own offset file (`[testing]
+clock_offset_file`): that node's clock is then the shared clock (or the wall
+clock) plus its own offset, so one validator can run fast or slow while the
+others keep the shared time. A node refuses to start with a clock
 file unless its genesis marks the chain as a devnet, so this control can never
 reach a production chain.
 """
@@ -22,6 +27,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("node.clock")
@@ -36,10 +42,12 @@ def wall_clock_ms() -> int:
 
 
 class DevnetClock:
-    """Time from a shared clock file, re-read when the file changes."""
+    """Time from a clock file, re-read when the file changes; an offset is
+    added to `base` (the wall clock, or the clock this one shifts)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, base: Callable[[], int] = wall_clock_ms):
         self.path = path
+        self.base = base
         self._stamp: tuple[int, int] | None = None
         self._setting: tuple[str, int] = ("offset_ms", 0)
         self._last = 0
@@ -47,7 +55,7 @@ class DevnetClock:
     def __call__(self) -> int:
         self._reload()
         kind, value = self._setting
-        now = value if kind == "now_ms" else wall_clock_ms() + value
+        now = value if kind == "now_ms" else self.base() + value
         # Only forward: never report a time before one already reported.
         self._last = max(self._last, now)
         return self._last
@@ -92,4 +100,13 @@ def write_clock_file(path: Path, now_ms: int) -> None:
             )
     temp = path.with_suffix(".tmp")
     temp.write_text(json.dumps({"now_ms": now_ms}))
+    os.replace(temp, path)
+
+
+def write_clock_offset(path: Path, offset_ms: int) -> None:
+    """Make a clock file read as the base clock plus `offset_ms` (which may be
+    negative; the clock reading it still never goes back)."""
+    path = Path(path)
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps({"offset_ms": offset_ms}))
     os.replace(temp, path)

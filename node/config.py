@@ -13,7 +13,9 @@ A home folder holds everything one node needs:
 
 Every setting has a default that works on one machine; `perk init` writes
 them all out so an operator sees what can be changed. Unknown keys are
-refused, so a misspelt setting never silently does nothing.
+refused, so a misspelt setting never silently does nothing. The `[testing]`
+table is the exception: test-only switches (node.testing), written out only
+when one is set, and refused on any chain that is not a devnet.
 """
 
 from __future__ import annotations
@@ -101,6 +103,40 @@ class ConsensusSection:
     max_clock_drift_ms: int = 2000
 
 
+CRASH_STEPS = ("propose", "prevote", "precommit")
+
+
+@dataclass
+class TestingSection:
+    """Test-only switches, all off by default (node.testing says what each does).
+
+    A node refuses to start with any of them set unless its genesis marks the
+    chain as a devnet, like `[node] clock_file`.
+    """
+
+    __test__ = False  # a settings table, not a test class
+
+    # Append every signed consensus message received or sent to a file in
+    # the home folder.
+    record_consensus: bool = False
+    # Exit at once right after signing this step at this height (0: never);
+    # round -1 means whichever round the node first signs it in.
+    crash_after_sign_height: int = 0
+    crash_after_sign_round: int = -1
+    crash_after_sign_step: str = "prevote"
+    # Drop incoming proposals of this height and round (height 0: never),
+    # and commit gossip of that height, so the block can only come by sync.
+    miss_proposal_height: int = 0
+    miss_proposal_round: int = 0
+    # This node's own clock offset file ({"offset_ms": N}), applied on top of
+    # whatever clock it reads otherwise; empty means no offset.
+    clock_offset_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self != TestingSection()
+
+
 @dataclass
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
@@ -108,6 +144,7 @@ class Config:
     p2p: P2PSection = field(default_factory=P2PSection)
     mempool: MempoolSection = field(default_factory=MempoolSection)
     consensus: ConsensusSection = field(default_factory=ConsensusSection)
+    testing: TestingSection = field(default_factory=TestingSection)
     home: Path = Path(".")
 
     @property
@@ -136,6 +173,12 @@ class Config:
             return None
         return (self.home / self.node.clock_file).resolve()
 
+    @property
+    def clock_offset_path(self) -> Path | None:
+        if not self.testing.clock_offset_file:
+            return None
+        return (self.home / self.testing.clock_offset_file).resolve()
+
     def to_toml(self) -> str:
         doc = {
             "node": asdict(self.node),
@@ -144,6 +187,8 @@ class Config:
             "mempool": asdict(self.mempool),
             "consensus": asdict(self.consensus),
         }
+        if self.testing.enabled:
+            doc["testing"] = asdict(self.testing)
         return tomli_w.dumps(doc)
 
     def save(self) -> None:
@@ -193,7 +238,7 @@ def load_config(home: str | os.PathLike) -> Config:
             doc = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
-    sections = {"node", "api", "p2p", "mempool", "consensus"}
+    sections = {"node", "api", "p2p", "mempool", "consensus", "testing"}
     unknown = set(doc) - sections
     if unknown:
         raise ConfigError(f"unknown sections: {sorted(unknown)}")
@@ -206,6 +251,7 @@ def load_config(home: str | os.PathLike) -> Config:
         p2p=_section(P2PSection, p2p_doc, "p2p"),
         mempool=_section(MempoolSection, doc.get("mempool", {}), "mempool"),
         consensus=_section(ConsensusSection, doc.get("consensus", {}), "consensus"),
+        testing=_section(TestingSection, doc.get("testing", {}), "testing"),
         home=home,
     )
     if not isinstance(peer_docs, list):
@@ -232,6 +278,35 @@ def validate(config: Config) -> None:
     c = config.consensus
     if c.block_interval_ms < 1 or c.timeout_cap_ms < c.timeout_propose_ms:
         raise ConfigError("[consensus] intervals must be positive, cap >= timeouts")
+    t = config.testing
+    if t.crash_after_sign_step not in CRASH_STEPS:
+        raise ConfigError(
+            f"[testing] crash_after_sign_step must be one of {', '.join(CRASH_STEPS)}"
+        )
+    if (
+        min(t.crash_after_sign_height, t.miss_proposal_height, t.miss_proposal_round)
+        < 0
+    ):
+        raise ConfigError("[testing] heights and rounds must not be negative")
+    if t.crash_after_sign_round < -1:
+        raise ConfigError("[testing] crash_after_sign_round must be -1 (any) or more")
+
+
+def check_devnet_only(config: Config, genesis) -> None:
+    """Refuse the devnet-only controls (a clock file, test switches) unless the
+    genesis marks the chain as a devnet: they must never reach a real chain."""
+    if genesis.devnet:
+        return
+    if config.node.clock_file:
+        raise ConfigError(
+            f"[node] clock_file is set but chain {genesis.chain_id!r} is not a "
+            "devnet: a controllable clock is refused on any other chain"
+        )
+    if config.testing.enabled:
+        raise ConfigError(
+            f"[testing] switches are set but chain {genesis.chain_id!r} is not a "
+            "devnet: test-only switches are refused on any other chain"
+        )
 
 
 # --- the node key --------------------------------------------------------------------

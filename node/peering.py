@@ -16,6 +16,10 @@ no peers, or missed by a peer that was restarting, still reaches a proposer.
 The allowlist is the validator set (which follows on-chain changes) plus the
 observer keys in the node's configuration. Every peer must also be listed in
 `[[p2p.peers]]` with its certificate: the certificate is the TLS pin.
+
+Consensus traffic is also where two devnet-only test switches act
+(node.testing): recording every signed message that passes, and missing the
+proposal of one round.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from consensus.messages import encode_commit_message
 from consensus.sync import STATUS_INTERVAL_S, BlockSync, encode_status, serve_blocks
+from node.testing import RECORD_FILE, ConsensusRecorder, misses
 from p2p.errors import PeerUnavailable
 from p2p.identity import NodeIdentity
 from p2p.network import Network
@@ -109,6 +114,10 @@ class Peering:
         self.network.register_handler(MSG_STATUS, self.on_status)
         self.network.register_request_handler(MSG_BLOCKS, self.on_blocks_request)
         self._status_task: asyncio.Task | None = None
+        self.switches = config.testing
+        self.recorder = None
+        if self.switches.record_consensus:
+            self.recorder = ConsensusRecorder(config.home / RECORD_FILE)
 
     def is_allowed(self, key: bytes) -> bool:
         return key in self.observers or key in self.node.app.validators(
@@ -132,10 +141,14 @@ class Peering:
                 pass
         await self.sync.stop()
         await self.network.stop()
+        if self.recorder is not None:
+            self.recorder.close()
 
     # --- outbound ---
 
     async def broadcast_consensus(self, msg_type: str, payload: bytes) -> None:
+        if self.recorder is not None:
+            self.recorder.record("out", msg_type, payload)
         await self.network.broadcast(CONSENSUS_CODES[msg_type], payload)
 
     async def gossip_txs(self, raws: list[bytes]) -> None:
@@ -184,6 +197,11 @@ class Peering:
 
     def consensus_handler(self, name: str):
         async def handle(peer: bytes, body: bytes) -> None:
+            if self.recorder is not None:
+                self.recorder.record("in", name, body)
+            if misses(self.switches, name, body):
+                log.info("test switch: %s missed peer=%s", name, peer.hex()[:8])
+                return
             engine = self.node.engine
             if engine is None:
                 return
@@ -226,6 +244,10 @@ class Peering:
         """Apply a synced block: through the engine when it runs (it then moves
         to the next height itself), else straight through the ledger app."""
         engine = self.node.engine
+        if self.recorder is not None:
+            self.recorder.record(
+                "sync", "commit", encode_commit_message(certificate, b"")
+            )
         if engine is not None and engine.status().running:
             payload = encode_commit_message(certificate, block_bytes)
             reason = await engine.on_message("commit", payload)

@@ -16,7 +16,13 @@ import sys
 from pathlib import Path
 
 from node.cli_common import EXIT_OK, EXIT_USAGE
-from node.config import Config, ConfigError, load_config, read_node_key
+from node.config import (
+    Config,
+    ConfigError,
+    check_devnet_only,
+    load_config,
+    read_node_key,
+)
 from node.gc_tuning import tune_gc
 from node.logs import setup_logging
 from state.genesis import Genesis, GenesisError, load_genesis
@@ -62,6 +68,10 @@ def load_home(home: Path) -> tuple[Config, Genesis, bytes]:
         genesis = load_genesis(config.genesis_path)
     except GenesisError as exc:
         raise StartupError(f"genesis: {exc}") from None
+    try:
+        check_devnet_only(config, genesis)
+    except ConfigError as exc:
+        raise StartupError(f"config: {exc}") from None
     try:
         seed = read_node_key(config.node_key_path)
     except ConfigError as exc:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from node.app import LedgerApp
-from node.config import Config, ConfigError
+from node.config import Config, check_devnet_only
 from node.events import EventBus
 from node.mempool import Admission, Mempool, MempoolFull
 from node.metrics import Metrics
@@ -86,8 +86,10 @@ class Node:
         self.api_runner = None
         self.api_port: int | None = None
         self.started = False
+        # Devnet-only controls never run on a real chain, however constructed.
+        check_devnet_only(config, genesis)
         self._verify_pool = ThreadPoolExecutor(VERIFY_THREADS, "verify")
-        self._clock = make_clock(config, genesis)
+        self._clock = make_clock(config)
         self._rejections: dict[bytes, tuple[Code, str]] = {}
 
     @property
@@ -202,9 +204,11 @@ class Node:
         signed at the tip's next height before it lost its record.
         """
         from consensus.engine import ConsensusEngine
+        from consensus.outbox import Faults
         from consensus.signer import SignerGuard
         from consensus.timeouts import TimeoutConfig
         from consensus.wal import WriteAheadLog
+        from node.testing import crash_after_sign
 
         c = self.config.consensus
         timeouts = TimeoutConfig(
@@ -230,6 +234,7 @@ class Node:
             self.peering.broadcast_consensus,
             timeouts,
             WriteAheadLog(self.config.consensus_dir / "wal"),
+            faults=Faults(on_signed=crash_after_sign(self.config.testing)),
         )
         alone = len(self.app.validators(self.store.height + 1)) == 1
         if signer is None or signer.last is not None or alone:
@@ -443,16 +448,16 @@ class Node:
         return self.peering is not None and self.peering.sync.syncing
 
 
-def make_clock(config: Config, genesis: Genesis):
+def make_clock(config: Config):
+    """The wall clock; on a devnet the shared clock file when one is set, and
+    this node's own offset on top when a test set one (node.clock)."""
     from node.clock import DevnetClock, wall_clock_ms
 
-    path = config.clock_path
-    if path is None:
-        return wall_clock_ms
-    if not genesis.devnet:
-        raise ConfigError(
-            f"[node] clock_file is set but chain {genesis.chain_id!r} is not a "
-            "devnet: a controllable clock is refused on any other chain"
-        )
-    log.warning("devnet clock in use path=%s", path)
-    return DevnetClock(path)
+    clock = wall_clock_ms
+    if config.clock_path is not None:
+        log.warning("devnet clock in use path=%s", config.clock_path)
+        clock = DevnetClock(config.clock_path)
+    if config.clock_offset_path is not None:
+        log.warning("test clock offset in use path=%s", config.clock_offset_path)
+        clock = DevnetClock(config.clock_offset_path, base=clock)
+    return clock
