@@ -35,7 +35,10 @@ from aiohttp import web
 from node import api_loyalty, views, views_loyalty
 from node.api_common import NODE, node_of, query, reply
 from node.api_middleware import (
+    BODIES_IN_FLIGHT,
+    BODY_BUDGET,
     IN_FLIGHT,
+    BodyBudget,
     Handler,
     add_cors_headers,
     body_limit,
@@ -492,6 +495,7 @@ def create_app(node: Node) -> web.Application:
     app[STREAMS] = set()
     app[STOPPING] = asyncio.Event()
     app[OPENAPI] = build_document(api.max_batch, api.max_body_bytes)
+    app[BODY_BUDGET] = BodyBudget(BODIES_IN_FLIGHT * api.max_body_bytes)
     for method, path, handler in ROUTES:
         expect = expect_continue if method == "POST" else None
         app.router.add_route(method, path, handler, expect_handler=expect)

@@ -3,11 +3,13 @@
 Every request passes, outermost first, through `observe` (latency by route
 template and status), `problems` (any refusal or failure becomes an RFC 9457
 problem document, internals never shown), `cors_preflight` and `body_limit` (a declared
-body over the limit is refused before it is read). node.api installs them.
+body over the limit is refused before it is read, and the bodies held at once
+are bounded by a node-wide budget). node.api installs them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -17,7 +19,7 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 
 from node.api_common import node_of
-from node.views import ApiError, clip, too_large
+from node.views import RETRY_AFTER_S, ApiError, clip, too_large
 
 # Logged as the API: operators filter one logger for everything HTTP.
 log = logging.getLogger("node.api")
@@ -37,12 +39,35 @@ async def send_problem(request: web.Request, error: ApiError) -> web.StreamRespo
     response = web.Response(
         status=error.status, body=body, content_type=PROBLEM, headers=error.headers
     )
-    if error.close:
+    # A refusal that leaves the body unread ends the connection, whatever the
+    # refusal: reading on to keep it alive would be reading the body after all.
+    unread = request.body_exists and not request.content.is_eof()
+    if error.close or unread:
         response.force_close()
         await response.prepare(request)
         await response.write_eof()
-        request.protocol.force_close()
+        # Half-close rather than close: closing a socket with unread input
+        # resets the connection, and a reset can destroy the answer before
+        # the client (still sending its body) reads it. So the answer and a
+        # FIN go out now, nothing more is read, and aiohttp closes the
+        # connection api_site.LINGER_S later, when the client has read it.
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            transport.write_eof()
+            discard_buffered_body(request)
+            transport.pause_reading()
     return response
+
+
+def discard_buffered_body(request: web.Request) -> None:
+    """Drop the part of the body already received: it would otherwise stay in
+    memory (up to a read's worth per connection) until the connection ends."""
+    content = request.content
+    try:
+        while content.read_nowait():
+            pass
+    except RuntimeError:
+        pass  # a reader is waiting on it, and takes care of it
 
 
 # --- middleware ----------------------------------------------------------------------
@@ -154,13 +179,73 @@ async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamRe
     return web.Response(status=204, headers=headers)
 
 
+class BodyBudget:
+    """Bytes of request bodies the node may hold at once, over all requests.
+
+    The per-request limit alone lets a hundred clients sending chunked bodies
+    (no declared length) make the node buffer a hundred times the limit. A
+    request reserves its declared length, or the whole per-request limit when
+    it declares none, for as long as it is handled; when the reservation does
+    not fit, it is refused at once (503, Retry-After) with its body unread,
+    rather than queued, so refusals stay fast and nothing waits on anything.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def reserve(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.used -= size
+
+
+BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+# Bodies held at once, in multiples of api.max_body_bytes.
+BODIES_IN_FLIGHT = 2
+# A body must have arrived this long after its request began, or the
+# connection is dropped: a client trickling a byte at a time would otherwise
+# hold its share of the budget for as long as it likes.
+BODY_READ_S = 10.0
+
+
 @web.middleware
 async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     limit = node_of(request).config.api.max_body_bytes
     declared = request.content_length
     if declared is not None and declared > limit:
         raise too_large(declared, limit)
-    return await handler(request)
+    if not request.body_exists:
+        return await handler(request)
+    size = limit if declared is None else declared
+    budget = request.app[BODY_BUDGET]
+    if not budget.reserve(size):
+        detail = f"the node is reading {budget.used} bytes of bodies; retry shortly"
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        raise ApiError("server_busy", detail, headers=retry, close=True)
+    deadline = asyncio.get_running_loop().call_later(
+        BODY_READ_S, drop_if_body_pending, request
+    )
+    try:
+        return await handler(request)
+    finally:
+        deadline.cancel()
+        budget.release(size)
+
+
+def drop_if_body_pending(request: web.Request) -> None:
+    if request.content.is_eof() or request.transport is None:
+        return
+    log.warning(
+        "request dropped reason=body_too_slow route=%s seconds=%g",
+        route_label(request),
+        BODY_READ_S,
+    )
+    request.transport.abort()
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:

@@ -25,6 +25,11 @@ from node.views import ApiError, clip
 
 log = logging.getLogger("node.api")
 PROBLEM = "application/problem+json"
+# After answering a request whose body it did not read (a refusal), the server
+# waits at most this long for the rest before it closes, so the client reads
+# the answer instead of a reset; aiohttp's default of 10 s would let every
+# refused upload hold a connection (and what it sends meanwhile) that long.
+LINGER_S = 1.0
 
 
 class ProblemRequestHandler(RequestHandler):
@@ -66,8 +71,10 @@ class CappedTCPSite(web.TCPSite):
                     self._refused,
                 )
             return _Refuse()
-        # As web.Server.__call__ makes it, with problem documents for errors.
-        return ProblemRequestHandler(server, loop=server._loop, **server._kwargs)
+        # As web.Server.__call__ makes it, with problem documents for errors
+        # and a short linger.
+        kwargs = {**server._kwargs, "lingering_time": LINGER_S}
+        return ProblemRequestHandler(server, loop=server._loop, **kwargs)
 
     async def start(self) -> None:
         self._runner._reg_site(self)

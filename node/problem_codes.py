@@ -43,6 +43,7 @@ API_CODES: dict[str, tuple[int, str]] = {
     "internal_error": (500, "an unexpected failure; details are in the node log"),
     "mempool_full": (503, "the mempool is full; retry after Retry-After seconds"),
     "not_ready": (503, "the node is starting or stopping"),
+    "server_busy": (503, "the node holds as many request bodies as it may; retry"),
 }
 # Reason codes of transactions (state.codes) by slug. Admission codes that are
 # not 422: a transaction that is not a transaction at all, or one already in.

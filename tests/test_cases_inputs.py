@@ -23,6 +23,8 @@ ledger and the logs can be read directly.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -31,11 +33,15 @@ from typing import Any
 
 import pytest
 
+from node import api_middleware
 from state.tx import Kind, build_signed
+from tests.cases_support import MemoryWatch, StatusLatency
+from tests.harness.cluster import launched_cluster
 from tests.node_helpers import C1, C2, CHAIN, MERCHANT, Harness, Reply, running_node
 
 PROBLEM_TYPE = "application/problem+json"
 MB = 1 << 20
+PARALLEL_UPLOADS = 100
 
 
 @pytest.fixture
@@ -282,3 +288,205 @@ async def test_c15_a_malformed_transaction_id_gets_a_problem(
     status = await api.get("/v1/status")
     assert status.status == 200
     assert_no_trouble_logged(caplog)
+
+
+# --- on a network of node processes -------------------------------------------------
+#
+# C12 and C16 measure what an attack costs a node, so the node runs in a
+# process of its own (tests.harness.cluster) whose memory the test can read.
+# The attacking connections come from 127.0.0.2, as from another host: the
+# API counts requests in flight per client address, and the operator's status
+# checks (from 127.0.0.1) must not be held up by the attacker's share.
+
+ATTACKER_ADDR = "127.0.0.2"
+MAX_BODY = 4 * MB  # the node's default api.max_body_bytes
+CHUNK = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, request):
+    root = tmp_path_factory.mktemp("cases-inputs") / "devnet"
+    with launched_cluster(root, request) as running:
+        yield running
+
+
+@dataclass
+class Upload:
+    """What one oversized upload saw: the answer and when it came."""
+
+    status: int | None = None
+    doc: dict | None = None
+    sent: int = 0
+    passed_limit_at: float | None = None
+    answered_at: float | None = None
+    error: str = ""
+
+    @property
+    def delay_after_limit(self) -> float:
+        """Seconds from the body passing the limit (or from the request, if
+        the declared length did) to the answer."""
+        return self.answered_at - (self.passed_limit_at or self.answered_at)
+
+
+async def upload(
+    port: int,
+    size: int,
+    *,
+    declared: int | None,
+    pause_s: float = 0.0,
+    chunk: bytes = b"0" * CHUNK,
+) -> Upload:
+    """POST `size` bytes of a JSON body to /v1/transactions, with the length
+    `declared` (None: chunked, no length) and `pause_s` between chunks;
+    stops sending as soon as the node starts to answer, as HTTP clients do."""
+    loop = asyncio.get_running_loop()
+    seen = Upload()
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, local_addr=(ATTACKER_ADDR, 0)
+    )
+    length = (
+        f"Content-Length: {declared}\r\n"
+        if declared is not None
+        else "Transfer-Encoding: chunked\r\n"
+    )
+    head = (
+        "POST /v1/transactions HTTP/1.1\r\nHost: node\r\n"
+        f"Content-Type: application/json\r\n{length}\r\n"
+    ).encode()
+
+    async def read_answer() -> None:
+        # The node closes after a refusal, perhaps with a reset (our unread
+        # body in its socket): keep whatever came before.
+        response = b""
+        with contextlib.suppress(ConnectionError):
+            while piece := await reader.read(65536):
+                if not response:
+                    seen.answered_at = loop.time()
+                response += piece
+        seen.answered_at = seen.answered_at or loop.time()
+        head, _, body = response.partition(b"\r\n\r\n")
+        if head:
+            seen.status = int(head.split()[1])
+            with contextlib.suppress(ValueError):
+                seen.doc = json.loads(body)
+
+    answer = asyncio.create_task(read_answer())
+    if declared is not None and declared > MAX_BODY:
+        seen.passed_limit_at = loop.time()
+    try:
+        await send_body(writer, head, seen, size, declared, pause_s, chunk)
+        await asyncio.wait_for(answer, 10)
+    finally:
+        answer.cancel()
+        writer.transport.abort()
+    return seen
+
+
+async def send_body(writer, head, seen, size, declared, pause_s, chunk) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        writer.write(head)
+        while seen.sent < size and seen.answered_at is None:
+            piece = chunk[: size - seen.sent]
+            framed = (
+                piece if declared is not None else b"%x\r\n%s\r\n" % (len(piece), piece)
+            )
+            writer.write(framed)
+            await writer.drain()
+            seen.sent += len(piece)
+            if seen.passed_limit_at is None and seen.sent > MAX_BODY:
+                seen.passed_limit_at = loop.time()
+            if pause_s:
+                await asyncio.sleep(pause_s)
+        if declared is None and seen.answered_at is None:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+    except (ConnectionError, OSError) as exc:
+        seen.error = type(exc).__name__  # cut off: the answer says why
+
+
+def assert_refused_in_time(seen: Upload, what: str, allowed=(413,)) -> None:
+    assert seen.status in allowed, f"{what}: {seen}"
+    if seen.status == 413:
+        assert seen.doc["code"] == "body_too_large", f"{what}: {seen.doc}"
+    assert seen.delay_after_limit < 1.0, (
+        f"{what}: answered {seen.delay_after_limit:.2f}s after passing the limit"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_c16_huge_bodies_are_refused_fast_at_bounded_memory(cluster):
+    node = cluster.nodes["v1"]
+    port = node.plan.api_port
+    height = cluster.height("v1")
+
+    async def attack() -> dict[str, list[Upload]]:
+        return {
+            "50 MB with a length": [await upload(port, 50 * MB, declared=50 * MB)],
+            "50 MB chunked": [await upload(port, 50 * MB, declared=None)],
+            "10 GB declared, slow body": [
+                await upload(
+                    port,
+                    3 * CHUNK,
+                    declared=10 << 30,
+                    pause_s=0.3,
+                    chunk=b"0" * 1024,
+                )
+            ],  # fmt: skip
+            "100 parallel 5 MB": await asyncio.gather(
+                *(
+                    upload(port, 5 * MB, declared=5 * MB if i % 2 else None)
+                    for i in range(PARALLEL_UPLOADS)
+                )
+            ),
+        }
+
+    with StatusLatency(node.api_url) as status, MemoryWatch(node.process.pid) as mem:
+        results = asyncio.run(attack())
+
+    for what, uploads in results.items():
+        for seen in uploads:
+            # Past the per-client limit of requests in flight, a request is
+            # refused before its body is read, which is as good.
+            assert_refused_in_time(seen, what, allowed=(413, 429, 503))
+    assert mem.growth < 30 * MB, mem.describe()
+    assert not status.failures, status.failures[:3]
+    assert status.slowest < 1.0, f"status took {status.slowest:.2f}s"
+    cluster.wait_for_height(cluster.members, height + 2)
+    assert_no_traceback(cluster)
+
+
+async def test_c16_bodies_held_at_once_are_bounded_node_wide(tmp_path, monkeypatch):
+    """Chunked uploads that stall under the per-request limit hold their share
+    of the node-wide budget (twice the limit); one more is refused at once
+    with 503 and Retry-After; the stalled ones are dropped when their bodies
+    are overdue, and the budget is free again."""
+    monkeypatch.setattr(api_middleware, "BODY_READ_S", 1.5)
+    async with running_node(tmp_path, api={"max_body_bytes": 4096}) as h:
+        port = h.node.api_port
+        stalled = [
+            asyncio.create_task(
+                upload(port, 2048, declared=None, pause_s=3.0, chunk=b" " * 1024)
+            )
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.5)
+
+        busy = await upload(port, 1024, declared=None)
+        assert busy.status == 503, busy
+        assert busy.doc["code"] == "server_busy"
+        status = await h.get("/v1/status")
+        assert status.status == 200
+
+        # The tricklers are dropped once their bodies are overdue, and their
+        # shares of the budget are free again.
+        for seen in await asyncio.gather(*stalled):
+            assert seen.status is None and seen.answered_at is not None, seen
+        reply = await h.submit(h.award(C1, 100))
+        assert reply.status == 202, reply.body[:200]
+
+
+def assert_no_traceback(cluster) -> None:
+    for name in cluster.members:
+        assert not cluster.log_matches(name, "Traceback|level=error"), name
