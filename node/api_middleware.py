@@ -130,6 +130,14 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         log.error("request failed method=%s route=%s", clip(request.method), route,
                   exc_info=True)  # fmt: skip
         error = ApiError("internal_error", "the node could not answer; it is logged")
+    # A traceback holds the handler's frames, and with them the request's
+    # body (up to api.max_body_bytes), in a cycle through this frame or the
+    # exception it chained: only a full garbage collection, rare in a node,
+    # would free them.
+    chained: BaseException | None = error
+    while chained is not None:
+        chained.__traceback__ = None
+        chained = chained.__context__
     log.debug(
         "request refused method=%s route=%s status=%d code=%s",
         clip(request.method),

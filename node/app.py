@@ -143,7 +143,9 @@ class LedgerApp:
             result.state_root.hex()[:16],
         )
         if self.metrics is not None:
-            self.metrics.observe_commit(block, result, len(self.mempool))
+            self.metrics.observe_commit(
+                block, result, len(self.mempool), self.mempool.size_bytes
+            )
         self.events.publish(
             CommittedBlock(
                 block,

@@ -48,12 +48,16 @@ class Metrics:
         )  # fmt: skip
         self.peers = Gauge("perk_peers", "Connected peers", registry=r)
 
-    def observe_commit(self, block, result, mempool_size: int) -> None:
+    def observe_commit(
+        self, block, result, mempool_size: int, mempool_bytes: int
+    ) -> None:
         self.height.set(block.height)
         ok = sum(1 for r in result.receipts if r.code == 0)
         self.txs_committed.labels("ok").inc(ok)
         self.txs_committed.labels("failed").inc(len(result.receipts) - ok)
+        # Both gauges: a commit empties the pool as much as admission fills it.
         self.mempool_txs.set(mempool_size)
+        self.mempool_bytes.set(mempool_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -302,7 +302,9 @@ class Node:
             try:
                 decoded.append((i, self.mempool.decode(raw)))
             except TxRejected as exc:
-                results[i] = exc
+                # Kept as a value: without its traceback, whose frames hold
+                # this list (a cycle) and every raw transaction of the batch.
+                results[i] = exc.with_traceback(None)
 
         # Verify signatures off the event loop, in parallel; the cache then holds
         # every one that verified, and admission below only looks it up.
@@ -330,7 +332,7 @@ class Node:
                     raise TxRejected(Code.BAD_SIGNATURE, "signature does not verify")
                 admission = self.mempool.admit(tx, now_s)
             except (TxRejected, MempoolFull) as exc:
-                results[i] = exc
+                results[i] = exc.with_traceback(None)
                 self._remember_rejection(tx.hash, exc)
                 continue
             results[i] = admission

@@ -25,19 +25,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
+import re
+import socket
+import threading
 import time
-from dataclasses import dataclass
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+import msgpack
 import pytest
 
+from client.http import ApiError as HttpApiError
+from client.http import Client, NodeUnreachable
+from client.keys import Keypair
 from node import api_middleware
 from state.tx import Kind, build_signed
 from tests.cases_support import MemoryWatch, StatusLatency
-from tests.harness.cluster import launched_cluster
+from tests.harness.cluster import MERCHANT_RATE, launched_cluster
 from tests.node_helpers import C1, C2, CHAIN, MERCHANT, Harness, Reply, running_node
+
+log = logging.getLogger("tests.network")
 
 PROBLEM_TYPE = "application/problem+json"
 MB = 1 << 20
@@ -301,6 +314,7 @@ async def test_c15_a_malformed_transaction_id_gets_a_problem(
 ATTACKER_ADDR = "127.0.0.2"
 MAX_BODY = 4 * MB  # the node's default api.max_body_bytes
 CHUNK = 64 * 1024
+SEND_BUFFER = 64 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -341,9 +355,14 @@ async def upload(
     stops sending as soon as the node starts to answer, as HTTP clients do."""
     loop = asyncio.get_running_loop()
     seen = Upload()
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, local_addr=(ATTACKER_ADDR, 0)
-    )
+    # A small send buffer, so that what counts as sent has mostly reached
+    # the node, not a queue in our own kernel.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    sock.bind((ATTACKER_ADDR, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
     length = (
         f"Content-Length: {declared}\r\n"
         if declared is not None
@@ -485,6 +504,275 @@ async def test_c16_bodies_held_at_once_are_bounded_node_wide(tmp_path, monkeypat
             assert seen.status is None and seen.answered_at is not None, seen
         reply = await h.submit(h.award(C1, 100))
         assert reply.status == 202, reply.body[:200]
+
+
+# --- C12: a mempool flood ------------------------------------------------------------
+
+FLOOD_ACCOUNTS = 10
+FLOOD_OVERSIZED = 200  # the case: 20,000
+FLOOD_MINIMAL = 2_000  # the case: 100,000
+MEMO_BYTES = 500_000
+FLOOD_BATCH = 200
+FLOOD_CONCURRENCY = 8
+FUNDS = 10_000  # coins each flooding account starts with
+# Resident memory a validator may add while it holds the flood, beyond what
+# the transactions in its pool take: every admitted transaction costs its
+# bytes plus its decoded form and the caches that know it.
+MEMORY_SLACK = 40 * MB
+MEMORY_PER_POOLED_TX = 4096
+# Another user's award must be final this soon, flood or not.
+STEADY_INTERVAL_S = 0.5
+STEADY_FINAL_S = 10.0
+MEMPOOL_CAP = 64 * MB  # the nodes' default mempool.max_bytes
+
+
+@dataclass
+class FloodReport:
+    oversized: Counter = field(default_factory=Counter)
+    minimal: Counter = field(default_factory=Counter)
+    # How many coins each flooding account sent in admitted transfers.
+    sent: Counter = field(default_factory=Counter)
+    received: Counter = field(default_factory=Counter)
+
+
+def mempool_flood(
+    cluster,
+    accounts: int = FLOOD_ACCOUNTS,
+    oversized: int = FLOOD_OVERSIZED,
+    minimal: int = FLOOD_MINIMAL,
+    memo_bytes: int = MEMO_BYTES,
+) -> None:
+    """C12 on a running cluster: `accounts` accounts send `oversized`
+    transfers with a `memo_bytes` memo and `minimal` one-coin transfers
+    through every validator's API while another user keeps buying. Checks
+    what the case asserts; a soak calls it with the case's full sizes."""
+    targets = cluster.validators
+    flooders = [Keypair.generate() for _ in range(accounts)]
+    shop = cluster.register_merchant(via="v1", name="Flood Shop")
+    spend = FUNDS * 100 // MERCHANT_RATE
+    cluster.submit_concurrently(
+        [
+            (targets[i % len(targets)], cluster.award_tx(shop, f, spend))
+            for i, f in enumerate(flooders)
+        ],
+        timeout=30,
+    )
+    buyer, customer = cluster.register_merchant(via="v2"), Keypair.generate()
+
+    watches = {name: MemoryWatch(cluster.nodes[name].process.pid) for name in targets}
+    with (
+        SteadyBuyer(cluster, buyer, customer) as steady,
+        MempoolGauge(cluster, targets) as gauge,
+        contextlib.ExitStack() as stack,
+    ):
+        for watch in watches.values():
+            stack.enter_context(watch)
+        report = asyncio.run(flood(cluster, flooders, oversized, minimal, memo_bytes))
+        log.info("flood sent %s; waiting for the pools to drain", report)
+        cluster.wait_until(
+            lambda: all(cluster.status(n)["mempool_txs"] == 0 for n in targets),
+            60 + minimal / 500,
+            "every validator's mempool to drain",
+            targets,
+        )
+
+    assert set(report.oversized) <= {400, 413}, report.oversized
+    assert report.oversized.total() == oversized
+    assert set(report.minimal) == {"pending"}, report.minimal
+    assert gauge.peak <= MEMPOOL_CAP, f"mempool bytes peaked at {gauge.peak}"
+    assert gauge.peak > 0, "the flood never showed in /metrics"
+    assert gauge.last == 0, f"/metrics still shows {gauge.last} bytes"
+    for name, watch in watches.items():
+        bound = MEMORY_SLACK + MEMORY_PER_POOLED_TX * minimal
+        assert watch.growth < bound, f"{name}: {watch.describe()}"
+
+    assert not steady.failures, steady.failures[:3]
+    assert len(steady.final) >= 3, "the other user bought nothing meanwhile"
+    assert max(steady.final) < STEADY_FINAL_S, steady.final
+
+    log.info("nothing lost: each account holds what its transfers say")
+    cluster.wait_for_same_height(cluster.members, timeout=20)
+    for i, account in enumerate(flooders):
+        expected = FUNDS - report.sent[i] + report.received[i]
+        assert cluster.balances(account, cluster.members) == dict.fromkeys(
+            cluster.members, expected
+        ), f"flooding account {i}"
+    earned = steady.spent * MERCHANT_RATE // 100
+    assert cluster.balances(customer, cluster.members) == dict.fromkeys(
+        cluster.members, earned
+    )
+
+
+async def flood(cluster, flooders, oversized, minimal, memo_bytes) -> FloodReport:
+    report = FloodReport()
+    urls = [cluster.nodes[n].api_url for n in cluster.validators]
+    gate = asyncio.Semaphore(FLOOD_CONCURRENCY)
+    expires = cluster.expiry()
+    memo = "m" * memo_bytes
+
+    def transfer(n: int, memo: str) -> tuple[int, int, bytes]:
+        # Account i sends i + 1 coins to the next one, so a lost or doubled
+        # transfer shows in both balances.
+        i = n % len(flooders)
+        to = (i + 1) % len(flooders)
+        raw = build_signed(
+            cluster.chain_id, Kind.TRANSFER, flooders[i].public_key, expires,
+            [flooders[to].public_key, i + 1, memo], flooders[i].sign,
+        )  # fmt: skip
+        return i, to, raw
+
+    async def send_oversized(session, n: int) -> None:
+        _, _, raw = transfer(n, f"{n}:{memo}")
+        body, ctype = (
+            (raw, "application/msgpack")
+            if n % 2
+            else (json.dumps({"tx": raw.hex()}).encode(), "application/json")
+        )
+        async with (
+            gate,
+            session.post(
+                urls[n % len(urls)] + "/v1/transactions",
+                data=body,
+                headers={"Content-Type": ctype},
+            ) as response,
+        ):
+            await response.read()
+            report.oversized[response.status] += 1
+
+    async def send_minimal(session, first: int, count: int) -> None:
+        txs = [transfer(n, str(n)) for n in range(first, first + count)]
+        async with (
+            gate,
+            session.post(
+                urls[first // FLOOD_BATCH % len(urls)] + "/v1/transactions/batch",
+                data=msgpack.packb([raw for _, _, raw in txs]),
+                headers={"Content-Type": "application/msgpack"},
+            ) as response,
+        ):
+            doc = await response.json(content_type=None)
+        assert response.status == 200, doc
+        for (i, to, _), result in zip(txs, doc["results"], strict=True):
+            report.minimal[result["status"]] += 1
+            if result["status"] == "pending":
+                report.sent[i] += i + 1
+                report.received[to] += i + 1
+
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(
+            *(send_oversized(session, n) for n in range(oversized)),
+            *(
+                send_minimal(session, first, min(FLOOD_BATCH, minimal - first))
+                for first in range(0, minimal, FLOOD_BATCH)
+            ),
+        )
+    return report
+
+
+class SteadyBuyer:
+    """Another user: one award every STEADY_INTERVAL_S, each waited for until
+    final, through the validators in turn; keeps how long each took."""
+
+    def __init__(self, cluster, merchant: Keypair, customer: Keypair):
+        self.cluster = cluster
+        self.merchant = merchant
+        self.customer = customer
+        self.final: list[float] = []
+        self.failures: list[str] = []
+        self.spent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self) -> SteadyBuyer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(STEADY_FINAL_S * 3)
+
+    def run(self) -> None:
+        names = self.cluster.validators
+        clients = {n: Client(self.cluster.nodes[n].api_url) for n in names}
+        try:
+            for i in itertools.count():
+                if self._stop.wait(STEADY_INTERVAL_S):
+                    return
+                self.buy(clients[names[i % len(names)]], 1000 + i)
+        finally:
+            for client in clients.values():
+                client.close()
+
+    def buy(self, client: Client, spend: int) -> None:
+        raw = self.cluster.award_tx(self.merchant, self.customer, spend)
+        started = time.monotonic()
+        try:
+            doc = client.submit(raw, wait=True, timeout=STEADY_FINAL_S * 2)
+        except (HttpApiError, NodeUnreachable) as exc:
+            self.failures.append(f"{type(exc).__name__}: {exc}")
+            return
+        if doc["status"] != "committed":
+            self.failures.append(f"not final: {doc}")
+            return
+        self.spent += spend
+        self.final.append(time.monotonic() - started)
+
+
+class MempoolGauge:
+    """Reads perk_mempool_bytes from every node's /metrics while a test runs."""
+
+    def __init__(self, cluster, names: list[str], interval_s: float = 0.2):
+        self.urls = [cluster.nodes[n].api_url for n in names]
+        self.interval_s = interval_s
+        self.peak = 0
+        self.last = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self) -> MempoolGauge:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.last = max(self.read(url) for url in self.urls)
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            for url in self.urls:
+                self.peak = max(self.peak, self.read(url))
+
+    def read(self, url: str) -> int:
+        try:
+            with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0
+        match = re.search(r"^perk_mempool_bytes (\S+)$", text, re.MULTILINE)
+        return int(float(match.group(1))) if match else 0
+
+
+async def test_c12_refused_transactions_do_not_hold_their_batch(tmp_path):
+    """A refusal kept as a value carries no traceback: one would hold the
+    frame of the batch, and with it every transaction of the batch, in a
+    reference cycle that only a (rare) full garbage collection frees."""
+    async with running_node(tmp_path) as h:
+        oversized = build_signed(
+            CHAIN, Kind.TRANSFER, C1.public_key, expiry(),
+            [C2.public_key, 1, "m" * 4000], C1.sign,
+        )  # fmt: skip
+        results = await h.node.submit_batch([oversized, h.award(C1, 0)])
+        assert [r.code.slug for r in results] == ["malformed", "amount_out_of_range"]
+        assert all(r.__traceback__ is None for r in results)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_c12_mempool_flood(cluster):
+    mempool_flood(cluster)
+    cluster.assert_consistent(cluster.members)
+    assert_no_traceback(cluster)
 
 
 def assert_no_traceback(cluster) -> None:
