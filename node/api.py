@@ -464,7 +464,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/status", status),
     ("POST", "/v1/transactions", submit_transaction),
     ("POST", "/v1/transactions/batch", submit_batch),
-    ("GET", "/v1/transactions/{hash}", transaction),
+    # "batch" is the POST route's, not a hash: GET on it is 405, as documented.
+    ("GET", "/v1/transactions/{hash:(?!batch$)[^/]+}", transaction),
     ("GET", "/v1/blocks/latest", latest_block),
     ("GET", "/v1/blocks/{height}", block_at_height),
     ("GET", "/v1/blocks/{height}/raw", raw_block_at_height),
