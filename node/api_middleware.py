@@ -63,6 +63,8 @@ def discard_buffered_body(request: web.Request) -> None:
     """Drop the part of the body already received: it would otherwise stay in
     memory (up to a read's worth per connection) until the connection ends."""
     content = request.content
+    if content.exception() is not None:
+        return  # a body that broke off (an undecodable encoding) goes with it
     try:
         while content.read_nowait():
             pass
