@@ -23,7 +23,7 @@ from node.problem_codes import (  # re-exported: the document's source of codes
     codes_description,
     status_of,
 )
-from state.tx import Kind
+from state.tx import MAX_TX_BYTES, Kind
 
 BECH32_CHARS = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 
@@ -107,7 +107,13 @@ def schemas(max_batch: int) -> dict[str, Any]:
             }
         ),
         "SubmitRequest": obj(
-            {"tx": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"}},
+            {
+                "tx": {
+                    "type": "string",
+                    "pattern": "^([0-9a-fA-F]{2})+$",
+                    "maxLength": 2 * MAX_TX_BYTES,
+                }
+            },
             additionalProperties=False,
             description="The canonical signed transaction bytes, in hex.",
         ),
@@ -117,7 +123,12 @@ def schemas(max_batch: int) -> dict[str, Any]:
                     "type": "array",
                     "minItems": 1,
                     "maxItems": max_batch,
-                    "items": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"},
+                    # Not a hex pattern: an item that is not hex is refused on
+                    # its own, in its result, and the others still go in.
+                    "items": {
+                        "type": "string",
+                        "description": "A transaction in hex, as in SubmitRequest.",
+                    },
                 }
             },
             additionalProperties=False,
@@ -353,11 +364,13 @@ PROBLEM_RESPONSES: dict[str, tuple[str, str]] = {
     "Conflict": ("409", "The transaction is already committed (duplicate_tx)"),
     "PayloadTooLarge": ("413", "The body or batch is over its limit"),
     "UnsupportedMediaType": ("415", "Content-Type is neither JSON nor msgpack"),
+    "ExpectationFailed": ("417", "An Expect header other than 100-continue"),
     "Unprocessable": ("422", "Well formed, but refused: signature, chain, "
                       "expiry, range, or by the ledger when waiting"),
     "TooManyRequests": ("429", "Too many requests in flight from this client"),
     "InternalError": ("500", "Unexpected failure (logged); no internals shown"),
-    "Unavailable": ("503", "Mempool full or node not ready; see Retry-After"),
+    "Unavailable": ("503", "Mempool full, node not ready, or too many request "
+                    "bodies in flight (server_busy); see Retry-After"),
 }  # fmt: skip
 
 
@@ -390,8 +403,13 @@ def operation(
     response: dict[str, Any],
     *errors: str,
     params: tuple[dict[str, Any], ...] = (),
+    strict_query: bool = True,
     **more: Any,
 ) -> dict[str, Any]:
+    """An operation; `strict_query` ones refuse a query parameter they do not
+    declare, or one given twice, with 400 (node.views.check_query)."""
+    if strict_query:
+        errors = ("BadRequest", *errors)
     return {
         "operationId": operation_id,
         "summary": summary,
@@ -457,7 +475,13 @@ def paths(max_batch: int, max_body: int) -> dict[str, Any]:
     )
     cursor = param("cursor", "query", ref("Hex"), "next_cursor of the last page.")
     tx_hash = param("hash", "path", ref("Hash"), "Transaction hash (SHA-256).")
-    height = param("height", "path", STR, "A block height: 1, 2, ...")
+    # Heights are unsigned 63-bit integers on the wire (state.codec.check_uint).
+    height = param(
+        "height",
+        "path",
+        {"type": "integer", "minimum": 1, "maximum": (1 << 63) - 1},
+        "A block height: 1, 2, ...",
+    )
     return {
         "/v1/status": get(
             "status", "The node's view of the chain", ok("Status", "Status")
@@ -471,6 +495,7 @@ def paths(max_batch: int, max_body: int) -> dict[str, Any]:
                 "Conflict",
                 "PayloadTooLarge",
                 "UnsupportedMediaType",
+                "ExpectationFailed",
                 "Unprocessable",
                 "Unavailable",
                 params=(wait, timeout),
@@ -489,6 +514,8 @@ def paths(max_batch: int, max_body: int) -> dict[str, Any]:
                 "BadRequest",
                 "PayloadTooLarge",
                 "UnsupportedMediaType",
+                "ExpectationFailed",
+                "Unavailable",
                 requestBody=body(
                     f"1..{max_batch} transactions: hex strings in JSON, or a "
                     "msgpack array of bin, each a raw transaction.",
@@ -569,17 +596,22 @@ def paths(max_batch: int, max_body: int) -> dict[str, Any]:
             "This document",
             {"200": {"description": "OpenAPI 3.1", "content": content(OBJECT)}},
         ),
+        # Operators' probes and scrapers ignore any query string.
         "/metrics": get(
             "metrics",
             "Prometheus metrics",
             text("Prometheus text format", "text/plain", STR),
+            strict_query=False,
         ),
-        "/healthz": get("health", "The process is alive", ok("Alive", "Health")),
+        "/healthz": get(
+            "health", "The process is alive", ok("Alive", "Health"), strict_query=False
+        ),
         "/readyz": get(
             "readiness",
             "The store is open and the node started",
             ok("Ready", "Ready"),
             "Unavailable",
+            strict_query=False,
         ),
     }
 
