@@ -91,13 +91,19 @@ async def read_body(request: web.Request) -> tuple[str, bytes]:
         sent = clip(request.headers.get("Content-Type", ""))
         detail = f"Content-Type {sent!r} is neither {JSON} nor {MSGPACK}"
         raise ApiError("unsupported_media_type", detail)
+    # Bodies are documented as sent, and read as sent (node.api_site turns
+    # aiohttp's decompression off): a compressed one is refused unread.
+    codings = ",".join(request.headers.getall("Content-Encoding", []))
+    if codings.strip().lower() not in ("", "identity"):
+        detail = f"Content-Encoding {clip(codings)!r}: send the body uncompressed"
+        accept = {"Accept-Encoding": "identity"}
+        raise ApiError("unsupported_media_type", detail, headers=accept)
     try:
         body = await request.read()  # client_max_size refuses more with 413
     except web.RequestPayloadError as exc:
-        # A Content-Encoding that does not decode, or broken chunked framing:
-        # the client's mistake. Nothing more of the body can be read, so it
-        # ends here; aiohttp would otherwise try to drain it after the answer
-        # and log the same error again as an unhandled one.
+        # Broken chunked framing: the client's mistake. Nothing more of the
+        # body can be read, so it ends here; aiohttp would otherwise try to
+        # drain it after the answer and log the error again as unhandled.
         request.content.feed_eof()
         detail = f"the body cannot be read: {clip(str(exc))}"
         raise ApiError("bad_request", detail, close=True) from None

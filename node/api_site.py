@@ -71,9 +71,15 @@ class CappedTCPSite(web.TCPSite):
                     self._refused,
                 )
             return _Refuse()
-        # As web.Server.__call__ makes it, with problem documents for errors
-        # and a short linger.
-        kwargs = {**server._kwargs, "lingering_time": LINGER_S}
+        # As web.Server.__call__ makes it, with problem documents for errors,
+        # a short linger, and bodies left as sent: node.api refuses a
+        # compressed one unread, where aiohttp would decompress it as it
+        # arrives (and wait forever on a deflate stream that stops short).
+        kwargs = {
+            **server._kwargs,
+            "lingering_time": LINGER_S,
+            "auto_decompress": False,
+        }
         return ProblemRequestHandler(server, loop=server._loop, **kwargs)
 
     async def start(self) -> None:

@@ -363,7 +363,8 @@ PROBLEM_RESPONSES: dict[str, tuple[str, str]] = {
     "MethodNotAllowed": ("405", "The route does not take this method"),
     "Conflict": ("409", "The transaction is already committed (duplicate_tx)"),
     "PayloadTooLarge": ("413", "The body or batch is over its limit"),
-    "UnsupportedMediaType": ("415", "Content-Type is neither JSON nor msgpack"),
+    "UnsupportedMediaType": ("415", "Content-Type is neither JSON nor msgpack, "
+                             "or the body is compressed (Content-Encoding)"),
     "ExpectationFailed": ("417", "An Expect header other than 100-continue"),
     "Unprocessable": ("422", "Well formed, but refused: signature, chain, "
                       "expiry, range, or by the ledger when waiting"),

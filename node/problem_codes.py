@@ -35,7 +35,7 @@ API_CODES: dict[str, tuple[int, str]] = {
     "method_not_allowed": (405, "the route exists, not with this method"),
     "body_too_large": (413, "the body is over api.max_body_bytes; it is not read"),
     "batch_too_large": (413, "more transactions than api.max_batch"),
-    "unsupported_media_type": (415, "Content-Type is not JSON or msgpack"),
+    "unsupported_media_type": (415, "the body is not JSON or msgpack, or compressed"),
     "expectation_failed": (417, "an Expect header other than 100-continue"),
     "bad_request": (400, "a request the HTTP server itself could not take"),
     "dropped": (422, "the transaction left the mempool uncommitted (expired)"),
