@@ -125,7 +125,8 @@ class TestingSection:
     crash_after_sign_round: int = -1
     crash_after_sign_step: str = "prevote"
     # Drop incoming proposals of this height and round (height 0: never),
-    # and commit gossip of that height, so the block can only come by sync.
+    # and commit gossip of that height, so the node moves rounds alone and
+    # the block can only come by sync.
     miss_proposal_height: int = 0
     miss_proposal_round: int = 0
     # This node's own clock offset file ({"offset_ms": N}), applied on top of

@@ -115,6 +115,7 @@ class Peering:
         self.network.register_request_handler(MSG_BLOCKS, self.on_blocks_request)
         self._status_task: asyncio.Task | None = None
         self.switches = config.testing
+        self._left_missed_round = False
         self.recorder = None
         if self.switches.record_consensus:
             self.recorder = ConsensusRecorder(config.home / RECORD_FILE)
@@ -199,8 +200,7 @@ class Peering:
         async def handle(peer: bytes, body: bytes) -> None:
             if self.recorder is not None:
                 self.recorder.record("in", name, body)
-            if misses(self.switches, name, body):
-                log.info("test switch: %s missed peer=%s", name, peer.hex()[:8])
+            if self.missed(name, peer, body):
                 return
             engine = self.node.engine
             if engine is None:
@@ -219,6 +219,8 @@ class Peering:
         return handle
 
     async def on_status(self, peer: bytes, body: bytes) -> None:
+        if self.missed("status", peer, body):
+            return
         try:
             self.sync.on_status(peer, body)
         except DecodeError as exc:
@@ -231,6 +233,30 @@ class Peering:
         except DecodeError as exc:
             self.penalize(peer, f"bad block request: {exc}")
             return encode([])
+
+    def missed(self, msg_type: str, peer: bytes, body: bytes) -> bool:
+        """Whether the miss_proposal test switch drops this message."""
+        if not self.switches.miss_proposal_height:
+            return False
+        engine = self.node.engine
+        status = engine.status() if engine is not None else None
+        position = (status.height, status.round) if status is not None else None
+        height, round_ = position or (0, 0)
+        left = height == self.switches.miss_proposal_height and (
+            round_ > self.switches.miss_proposal_round
+        )
+        if left and not self._left_missed_round:
+            # Said once, so a test can tell the node went to the next round.
+            self._left_missed_round = True
+            log.info(
+                "test switch: moved past the missed round height=%d round=%d",
+                height,
+                round_,
+            )
+        if not misses(self.switches, msg_type, body, position):
+            return False
+        log.info("test switch: %s missed peer=%s", msg_type, peer.hex()[:8])
+        return True
 
     # --- sync plumbing ---
 

@@ -27,8 +27,11 @@ crash_after_sign_height / _round / _step
 
 miss_proposal_height / _round
     Drop incoming proposals of that height and round, and commit gossip of
-    that height, as if the network lost them: the node alone moves on to the
-    next round and can only get the block through block sync.
+    that height, as if the network lost them; while the node is still in that
+    round, drop also its peers' status announcements of that height or above
+    (a status would have it fetch the block before its round ends). So the
+    node alone moves on to the next round, and then gets the block by block
+    sync.
 
 clock_offset_file
     This node's own clock offset (node.clock), on top of the shared clock.
@@ -55,7 +58,9 @@ from consensus.messages import (
     decode_certificate,
     decode_proposal,
 )
+from consensus.sync import decode_status
 from node.config import TestingSection
+from state.codec import DecodeError
 
 log = logging.getLogger("node.testing")
 
@@ -177,10 +182,27 @@ def crash_after_sign(switches: TestingSection) -> Callable[[object], None] | Non
     return on_signed
 
 
-def misses(switches: TestingSection, msg_type: str, payload: bytes) -> bool:
-    """Whether the miss_proposal switch drops this incoming gossip message."""
+def misses(
+    switches: TestingSection,
+    msg_type: str,
+    payload: bytes,
+    position: tuple[int, int] | None,
+) -> bool:
+    """Whether the miss_proposal switch drops this incoming message, for a node
+    whose consensus is at `position` (height, round), None if not running."""
     height = switches.miss_proposal_height
-    if height == 0 or msg_type not in ("proposal", "commit"):
+    if height == 0:
+        return False
+    if msg_type == "status":
+        try:
+            announced, _ = decode_status(payload)
+        except DecodeError:
+            return False
+        in_missed_round = position is not None and (
+            position[0] == height and position[1] <= switches.miss_proposal_round
+        )
+        return in_missed_round and announced >= height
+    if msg_type not in ("proposal", "commit"):
         return False
     head = signed_head(msg_type, payload)
     if head is None:

@@ -17,6 +17,7 @@ from consensus.messages import (
     encode_proposal_message,
 )
 from consensus.signer import SignerGuard
+from consensus.sync import encode_status
 from node import testing
 from node.clock import DevnetClock, write_clock_offset
 from node.config import (
@@ -111,7 +112,7 @@ def test_signed_head_refuses_what_is_not_a_message():
     assert testing.signed_head("commit", b"\x92\xc1") is None
 
 
-def test_miss_proposal_drops_that_round_and_that_heights_commits(tmp_path):
+def test_miss_proposal_drops_that_round_its_commits_and_tips_meanwhile(tmp_path):
     guard = signer(tmp_path)
     switches = TestingSection(miss_proposal_height=5, miss_proposal_round=1)
 
@@ -123,11 +124,21 @@ def test_miss_proposal_drops_that_round_and_that_heights_commits(tmp_path):
         vote = guard.sign_vote(CHAIN, PRECOMMIT, height, 2, b"\x03" * 32)
         return encode_commit_message(CommitCertificate.from_votes([vote]), b"block")
 
-    assert not testing.misses(switches, "proposal", proposal(5, 0))
-    assert testing.misses(switches, "proposal", proposal(5, 1))
-    assert testing.misses(switches, "commit", commit(5))
-    assert not testing.misses(switches, "commit", commit(6))
-    assert not testing.misses(TestingSection(), "proposal", proposal(7, 0))
+    at = (5, 1)
+    assert not testing.misses(switches, "proposal", proposal(5, 0), at)
+    assert testing.misses(switches, "proposal", proposal(5, 1), at)
+    assert testing.misses(switches, "commit", commit(5), at)
+    assert not testing.misses(switches, "commit", commit(6), at)
+    assert not testing.misses(TestingSection(), "proposal", proposal(7, 0), at)
+
+    # Peers' tips are not heard while the node is in the missed round...
+    status = encode_status(5, b"\x05" * 32)
+    assert testing.misses(switches, "status", status, (5, 1))
+    assert testing.misses(switches, "status", status, (5, 0))
+    assert not testing.misses(switches, "status", encode_status(4, b"\x04" * 32), at)
+    # ...and are once it moved on.
+    assert not testing.misses(switches, "status", status, (5, 2))
+    assert not testing.misses(switches, "status", status, (6, 0))
 
 
 def test_crash_after_sign_exits_only_at_its_step(tmp_path, monkeypatch):
