@@ -11,6 +11,9 @@ one names the node, the height and both sides of a disagreement:
 - `check_no_conflicting_signatures`: no validator key appears in commit
   certificates of two different blocks at one height;
 - `signers_at` / `heights_signed_by`: who signed the commits a node stores.
+
+`fetch_stored_blocks` reads the raw blocks instead (`GET /v1/blocks/{h}/raw`),
+cheaper for long chains, as the safety checker (harness.safety) wants them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from client.http import AsyncClient
 from consensus.messages import CommitCertificate, decode_certificate
 from state.address import address_of
+from tests.harness.safety import StoredBlock
 
 # Block reads in flight per node at once; well under the API's per-client limit.
 FETCH_CONCURRENCY = 16
@@ -72,6 +76,28 @@ async def fetch_chain(name: str, url: str, from_height: int) -> NodeChain:
                     bytes.fromhex(doc["commit"])
                 )
     return chain
+
+
+def fetch_stored_blocks(urls: dict[str, str]) -> dict[str, dict[int, StoredBlock]]:
+    """Every block from height 1 to each node's tip, from every node, raw."""
+
+    async def fetch_all() -> list[dict[int, StoredBlock]]:
+        return await asyncio.gather(*(fetch_raw_chain(url) for url in urls.values()))
+
+    return dict(zip(urls, asyncio.run(fetch_all()), strict=True))
+
+
+async def fetch_raw_chain(url: str) -> dict[int, StoredBlock]:
+    blocks: dict[int, StoredBlock] = {}
+    async with AsyncClient(url, timeout=FETCH_TIMEOUT_S) as api:
+        tip = (await api.status())["height"]
+        heights = list(range(1, tip + 1))
+        for start in range(0, len(heights), FETCH_CONCURRENCY):
+            batch = heights[start : start + FETCH_CONCURRENCY]
+            raws = await asyncio.gather(*(api.raw_block(h) for h in batch))
+            for height, (block, commit, _) in zip(batch, raws, strict=True):
+                blocks[height] = StoredBlock.from_raw(block, commit)
+    return blocks
 
 
 def check_consistent(chains: Chains) -> None:

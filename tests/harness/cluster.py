@@ -14,9 +14,41 @@ and optionally its consensus state removed, its key kept). Waits are bounded
 and, when they fail, say where every node stands and show the tail of the
 logs of the nodes that were waited for.
 
+Faults beyond processes, for the fault suite and longer runs:
+
+- links (opt-in, `Cluster(..., links=True)`): every dial between nodes goes
+  through a TCP proxy of harness.links, so a test can `partition(*groups)`,
+  `cut(a, b)`, `delay(a, b, ms)`, `drop(a, b)` and `heal()`;
+- clocks: `shift_clock(name, offset_ms)` moves one node's clock away from
+  the others' (a per-node offset file on top of the devnet's shared clock);
+- test switches inside the node (node.testing, `[testing]` in config.toml):
+  `set_switches(name, ...)` takes effect at the node's next start, e.g.
+  `crash_after_sign(name, height, step)` then `wait_for_crash(name)`, or
+  `miss_proposal_height`/`_round`; every node records the signed consensus
+  messages it receives and sends.
+
+Safety: the cluster remembers every transaction a client was told is final
+(`submit`, `submit_concurrently`, `wait_for_tx` and the helpers built on
+them). `check_safety()` gathers every running node's blocks and every node's
+recorded messages and runs harness.safety over them: no height with two
+committed blocks, no key signing two different blocks for one step, equal
+hashes and state roots, every final transaction in the chain exactly once.
+
 `launched_cluster` is the context manager behind the tests' fixtures: it stops
-every process it started whatever happens, and prints the tail of every log
-when the test failed.
+every process it started whatever happens, prints the tail of every log when
+the test failed, and once the test body passed runs `check_safety()`, which
+fails the test on any violation.
+
+A soak or scenario runner drives the same API:
+
+    cluster = Cluster(root, validators=4, auditors=1, links=True)
+    cluster.create()
+    cluster.start()
+    cluster.partition({"v1", "v2"}, {"v3", "v4", "a1"})
+    ...
+    cluster.heal()
+    report = cluster.check_safety()
+    cluster.shutdown()
 """
 
 from __future__ import annotations
@@ -40,16 +72,36 @@ from client import builders
 from client.http import ApiError, AsyncClient, Client, NodeUnreachable, NotFound
 from client.keys import Keypair
 from client.keystore import load_keystore
+from consensus.messages import (
+    MalformedMessage,
+    Proposal,
+    Vote,
+    decode_certificate,
+    decode_proposal,
+    decode_vote,
+)
 from node import devnet
+from node.clock import write_clock_offset
 from node.config import NODE_CERT_FILE, PeerEntry, load_config
 from node.devnet import NodePlan
+from node.testing import CRASH_EXIT_CODE, RECORD_FILE, read_consensus_record
+from state.address import parse_address
 from state.genesis import Genesis
 from tests.harness.chain import (
     Chains,
     check_consistent,
     check_no_conflicting_signatures,
     fetch_chains,
+    fetch_stored_blocks,
     heights_signed_by,
+)
+from tests.harness.links import LinkProxies
+from tests.harness.safety import (
+    FinalTx,
+    Observations,
+    RecordedMessage,
+    SafetyReport,
+    check_safety,
 )
 
 log = logging.getLogger("tests.network")
@@ -77,6 +129,9 @@ STATUS_TIMEOUT_S = 2.0
 SUBMIT_WAIT_S = 20.0
 LOG_TAIL_LINES = 25
 TX_TTL_S = 600
+# Each node's own clock offset file, beside its config (node.clock).
+CLOCK_OFFSET_FILE = "clock-offset.json"
+CRASH_TIMEOUT_S = 30.0
 MERCHANT_RATE = 10  # coins per 100 minor units of spend
 MERCHANT_DAILY_CAP = 10**12
 
@@ -146,6 +201,7 @@ class Cluster:
         validators: int = devnet.DEFAULT_VALIDATORS,
         auditors: int = devnet.DEFAULT_AUDITORS,
         chain_id: str = CHAIN_ID,
+        links: bool = False,
     ) -> None:
         self.root = Path(root).resolve()
         self.validator_count = validators
@@ -160,6 +216,10 @@ class Cluster:
         self._clients: dict[str, Client] = {}
         self._counter = itertools.count(1)
         self._exit_hook_registered = False
+        # Every dial between nodes goes through a proxy (harness.links).
+        self.links: LinkProxies | None = LinkProxies() if links else None
+        # Transactions a client was told are final (check_safety).
+        self.final_txs: list[FinalTx] = []
 
     # --- layout ---------------------------------------------------------------------
 
@@ -172,8 +232,9 @@ class Cluster:
         self.genesis.write(self.root / devnet.GENESIS_FILE)
         for plan in plans:
             devnet.write_node_home(plan, plans, self.genesis)
-            self.tune_config(plan.home)
             self.nodes[plan.name] = NodeProcess(plan)
+        for plan in plans:
+            self.tune_config(plan.home)
         self.admin = self.load_admin_wallet()
         self._doc = {
             "chain_id": self.chain_id,
@@ -182,17 +243,32 @@ class Cluster:
         }
         devnet.write_devnet(self.root, self._doc)
         log.info(
-            "cluster created root=%s validators=%s auditors=%s",
+            "cluster created root=%s validators=%s auditors=%s links=%s",
             self.root,
             ",".join(self.validators),
             ",".join(self.auditors) or "-",
+            "proxied" if self.links is not None else "direct",
         )
 
     def tune_config(self, home: Path) -> None:
+        """Short timeouts, the consensus record, a clock offset file of its
+        own, and with links every dialled peer reached through its proxy."""
         config = load_config(home)
         for setting, value in CONSENSUS_SETTINGS.items():
             setattr(config.consensus, setting, value)
+        config.testing.record_consensus = True
+        config.testing.clock_offset_file = CLOCK_OFFSET_FILE
+        if self.links is not None:
+            self.route_through_links(config)
         config.save()
+
+    def route_through_links(self, config) -> None:
+        by_address = {node.plan.address: node for node in self.nodes.values()}
+        for peer in config.p2p.peers:
+            target = by_address.get(peer.key)
+            if not peer.port or target is None:
+                continue  # a peer this node never dials
+            peer.port = self.links.add(config.node.name, target.name, target.p2p_port)
 
     def load_admin_wallet(self) -> Keypair:
         password = (self.root / devnet.ADMIN_PASSWORD_FILE).read_text().rstrip("\r\n")
@@ -208,8 +284,8 @@ class Cluster:
         )
         validator_plans = [self.nodes[n].plan for n in self.validators]
         devnet.write_node_home(plan, [*validator_plans, plan], self.genesis)
-        self.tune_config(plan.home)
         node = self.nodes[name] = NodeProcess(plan)
+        self.tune_config(plan.home)
         self.outsiders.add(name)
         self._doc["nodes"].append(devnet.node_record(plan))
         devnet.write_devnet(self.root, self._doc)
@@ -373,9 +449,34 @@ class Cluster:
                 node.process.kill()
                 node.process.wait()
             self.record_pid(node)
+        if self.links is not None:
+            self.links.stop()
         if self._exit_hook_registered:
             atexit.unregister(self.kill_all)
             self._exit_hook_registered = False
+
+    def wait_for_crash(self, name: str, timeout: float = CRASH_TIMEOUT_S) -> None:
+        """Until the node exits by its crash switch (node.testing); the
+        switch is then turned off, so the next start runs normally."""
+        node = self.nodes[name]
+        assert node.process is not None, f"{name} was never started"
+        try:
+            code = node.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{name} did not crash within {timeout:g}s\n{self.describe()}\n"
+                f"{self.log_excerpt(name)}"
+            ) from None
+        node.expected_exit = True
+        node.paused = False
+        self.forget_client(name)
+        self.record_pid(node)
+        assert code == CRASH_EXIT_CODE, (
+            f"{name} exited with code {code}, not by its crash switch; "
+            f"{self.log_excerpt(name)}"
+        )
+        self.set_switches(name, crash_after_sign_height=0)
+        log.info("node crashed on purpose name=%s", name)
 
     def kill_all(self) -> None:
         """Last resort at interpreter exit: no node outlives the test run."""
@@ -396,6 +497,67 @@ class Cluster:
                 record["pid"] = node.process.pid if node.running else None
                 record["state"] = "running" if node.running else "stopped"
         devnet.write_devnet(self.root, self._doc)
+
+    # --- faults ---------------------------------------------------------------------
+
+    def set_switches(self, name: str, **switches: object) -> None:
+        """Set `[testing]` switches (node.testing) in the node's config; they
+        take effect at its next start."""
+        config = load_config(self.nodes[name].home)
+        for switch, value in switches.items():
+            if not hasattr(config.testing, switch):
+                raise AttributeError(f"no test switch {switch!r}")
+            setattr(config.testing, switch, value)
+        config.save()
+        load_config(self.nodes[name].home)  # refuses a bad value now, not at start
+        log.info(
+            "test switches set node=%s %s",
+            name,
+            " ".join(f"{k}={v}" for k, v in switches.items()),
+        )
+
+    def crash_after_sign(
+        self, name: str, height: int, step: str = "prevote", round: int = -1
+    ) -> None:
+        """From the node's next start: exit right after its signer recorded
+        `step` at `height` (in `round`, or whichever it signs first), before
+        the message is logged or sent. Wait for it with wait_for_crash."""
+        self.set_switches(
+            name,
+            crash_after_sign_height=height,
+            crash_after_sign_round=round,
+            crash_after_sign_step=step,
+        )
+
+    def shift_clock(self, name: str, offset_ms: int) -> None:
+        """Run the node's clock `offset_ms` ahead (negative: behind) of the
+        devnet's clock, from its next reading on. A node's clock never goes
+        back: after a shift backwards it stands still until it catches up."""
+        write_clock_offset(self.nodes[name].home / CLOCK_OFFSET_FILE, offset_ms)
+        log.info("clock shifted node=%s offset_ms=%d", name, offset_ms)
+
+    def require_links(self) -> LinkProxies:
+        assert self.links is not None, "create the cluster with links=True"
+        return self.links
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Cut every link between nodes of different groups (harness.links)."""
+        self.require_links().partition(*groups)
+
+    def cut(self, a: str, b: str) -> None:
+        self.require_links().cut(a, b)
+
+    def delay(self, a: str, b: str, ms: int) -> None:
+        """Hold bytes from `a` to `b` for `ms` (one way; 0 removes it)."""
+        self.require_links().delay(a, b, ms)
+
+    def drop(self, a: str, b: str) -> None:
+        """Discard bytes from `a` to `b` (one way) until heal."""
+        self.require_links().drop(a, b)
+
+    def heal(self) -> None:
+        """Every link whole again: no cut, drop or delay."""
+        self.require_links().heal()
 
     # --- observing ------------------------------------------------------------------
 
@@ -434,6 +596,17 @@ class Cluster:
         return max(
             (h for h in self.heights(names).values() if h is not None), default=0
         )
+
+    def validator_order(self) -> list[str]:
+        """The validators' names in the order that picks proposers: the
+        proposer of (height, round) is at (height + round) % n."""
+        names = {node.public_key: node.name for node in self.nodes.values()}
+        doc = self.client(self.running_nodes()[0]).validators()
+        return [names[parse_address(v["address"])] for v in doc["validators"]]
+
+    def proposer(self, height: int, round: int = 0) -> str:
+        order = self.validator_order()
+        return order[(height + round) % len(order)]
 
     def describe(self) -> str:
         """One line per node: state, height, peers, consensus round."""
@@ -565,7 +738,9 @@ class Cluster:
         )
         heights = set(found.values())
         assert len(heights) == 1, f"tx {tx_hash[:16]} committed at {found}"
-        return heights.pop()
+        height = heights.pop()
+        self.note_final(tx_hash, height, ",".join(names))
+        return height
 
     # --- transactions ---------------------------------------------------------------
 
@@ -621,6 +796,7 @@ class Cluster:
             f"tx {doc['hash'][:16]} submitted to {via} not final within "
             f"{timeout:g}s: {doc}\n{self.describe()}"
         )
+        self.note_final(doc["hash"], doc.get("height"), via)
         return doc
 
     def submit_pending(self, raw: bytes, via: str) -> str:
@@ -644,11 +820,18 @@ class Cluster:
 
         docs = asyncio.run(all_of())
         for (via, _), doc in zip(submissions, docs, strict=True):
+            if doc["status"] == "committed":
+                self.note_final(doc["hash"], doc.get("height"), via)
+        for (via, _), doc in zip(submissions, docs, strict=True):
             assert doc["status"] == "committed", (
                 f"tx {doc['hash'][:16]} submitted to {via} not final within "
                 f"{timeout:g}s: {doc}\n{self.describe()}"
             )
         return docs
+
+    def note_final(self, tx_hash: str, height: int | None, via: str) -> None:
+        """Remember that a client was told this transaction is final."""
+        self.final_txs.append(FinalTx(bytes.fromhex(tx_hash), height, via))
 
     def balance(self, name: str, account: Keypair) -> int:
         return self.client(name).account(account.address)["balance"]
@@ -677,6 +860,52 @@ class Cluster:
             " ".join(f"{c.name}={c.tip}" for c in chains.values()),
         )
         return chains
+
+    def observations(self) -> Observations:
+        """What harness.safety checks: the blocks of every node that answers,
+        the consensus messages every node ever recorded, the final txs."""
+        reachable = [n for n in self.running_nodes() if self.status(n) is not None]
+        blocks = fetch_stored_blocks({n: self.nodes[n].api_url for n in reachable})
+        messages = [
+            RecordedMessage(node.name, entry.kind, entry.message)
+            for node in self.nodes.values()
+            for entry in read_consensus_record(node.home / RECORD_FILE)
+        ]
+        validators = frozenset(self.nodes[n].public_key for n in self.validators)
+        return Observations(
+            self.chain_id, validators, blocks, messages, list(self.final_txs)
+        )
+
+    def signed_by(self, name: str) -> list[Proposal | Vote]:
+        """Every proposal and vote (certificate precommits included) that the
+        node's key signed and any node recorded, each once, unverified."""
+        key = self.nodes[name].public_key
+        found: dict[tuple[str, bytes], Proposal | Vote] = {}
+        for node in self.nodes.values():
+            for entry in read_consensus_record(node.home / RECORD_FILE):
+                try:
+                    if entry.kind == "proposal":
+                        messages = [decode_proposal(entry.message)]
+                    elif entry.kind == "vote":
+                        messages = [decode_vote(entry.message)]
+                    else:
+                        messages = decode_certificate(entry.message).precommits()
+                except MalformedMessage:
+                    continue
+                for message in messages:
+                    if isinstance(message, Vote):
+                        signer = message.validator
+                    else:
+                        signer = message.proposer
+                    if signer == key:
+                        found[(type(message).__name__, message.encode())] = message
+        return list(found.values())
+
+    def check_safety(self) -> SafetyReport:
+        """Fail on any safety violation over the whole run (harness.safety)."""
+        report = check_safety(self.observations())
+        log.info("safety holds %s", report.describe())
+        return report
 
     def assert_no_double_signing(self, names: Iterable[str] | None = None) -> None:
         """No node recorded double-sign evidence on chain or saw a double sign."""
@@ -713,31 +942,54 @@ def launched_cluster(
     request,
     validators: int = devnet.DEFAULT_VALIDATORS,
     auditors: int = devnet.DEFAULT_AUDITORS,
+    links: bool = False,
+    switches: dict[str, dict] | None = None,
+    safety: bool = True,
 ) -> Iterator[Cluster]:
     """A started cluster committing blocks; every process stopped afterwards,
-    and the tail of every node's log printed if the test failed. A node that
-    exited on its own during the test fails it here."""
+    and the tail of every node's log printed if the test failed.
+
+    `links` routes every dial through a proxy (harness.links); `switches`
+    sets test switches per node before the first start ({"v2": {...}}). A
+    node that exited on its own during the test fails it here, and so does
+    any safety violation (Cluster.check_safety) once the test body passed.
+    """
     failed_before = request.session.testsfailed
-    cluster = start_cluster(root, validators, auditors)
-    crashed: list[str] = []
+    cluster = start_cluster(root, validators, auditors, links, switches)
+    problem = ""
     try:
         yield cluster
         crashed = cluster.crashed_nodes()
+        if crashed:
+            problem = f"nodes exited on their own: {crashed}"
+        elif safety:
+            try:
+                cluster.check_safety()
+            except AssertionError as exc:
+                problem = str(exc)
     finally:
-        if crashed or request.session.testsfailed > failed_before:
+        if problem or request.session.testsfailed > failed_before:
             print_logs(cluster)
         cluster.shutdown()
-    assert not crashed, f"nodes exited on their own: {crashed}"
+    assert not problem, problem
 
 
-def start_cluster(root: Path, validators: int, auditors: int) -> Cluster:
+def start_cluster(
+    root: Path,
+    validators: int,
+    auditors: int,
+    links: bool = False,
+    switches: dict[str, dict] | None = None,
+) -> Cluster:
     """Create and start a cluster; again in a new folder with new ports when
     another process took one between picking it and the node binding it."""
     for attempt in range(1, START_ATTEMPTS + 1):
         folder = root if attempt == 1 else root.with_name(f"{root.name}-{attempt}")
-        cluster = Cluster(folder, validators, auditors)
+        cluster = Cluster(folder, validators, auditors, links=links)
         try:
             cluster.create()
+            for name, settings in (switches or {}).items():
+                cluster.set_switches(name, **settings)
             cluster.start()
             cluster.wait_for_height(cluster.members, 1, READY_TIMEOUT_S)
         except BaseException:
