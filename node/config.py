@@ -76,9 +76,11 @@ class PeerEntry:
 class P2PSection:
     host: str = "127.0.0.1"
     port: int = 26600
-    # Must hold a whole block with its certificate (state.block.MAX_BLOCK_BYTES)
-    # and a sync response (consensus.sync).
-    max_frame_bytes: int = 16 << 20
+    # Must hold a whole block with its certificate (state.block.MAX_BLOCK_BYTES,
+    # 4 MiB), a sync response (consensus.sync, 4 MiB) and a gossip batch
+    # (node.peering); no more, since a peer can make the node read and copy
+    # a frame of this size at will.
+    max_frame_bytes: int = 5 << 20
     peers: list[PeerEntry] = field(default_factory=list)
     # Keys of read-only nodes allowed to connect besides the validators.
     observers: list[str] = field(default_factory=list)

@@ -87,8 +87,24 @@ def encode_frame(msg_type: int, request_id: int, body: bytes, max_frame: int) ->
 def decode_frame(payload: bytes) -> Frame:
     """Parse a payload, accepting only ``[int, int, bytes]`` within range."""
     try:
-        value = msgpack.unpackb(payload, raw=False, use_list=True)
+        # Limits that fit nothing but that shape, so the decoder refuses any
+        # other array, map or string as soon as it reads its length: a
+        # million-entry array fits in a few megabytes of frame, and would
+        # otherwise become a million objects before the shape is checked.
+        value = msgpack.unpackb(
+            payload,
+            raw=False,
+            use_list=True,
+            max_array_len=3,
+            max_map_len=0,
+            max_str_len=0,
+            max_ext_len=0,
+            max_bin_len=len(payload),
+        )
     except Exception as exc:
+        if type(exc) is ValueError and "exceeds max" in str(exc):
+            # Well-formed msgpack, but not an array of three with a bytes body.
+            raise ProtocolError("bad_frame_shape", str(exc)) from None
         # Whatever the decoder chokes on, the bytes came from the peer.
         raise ProtocolError("malformed_frame", type(exc).__name__) from None
     # type() rather than isinstance(): msgpack booleans are ints to Python.
