@@ -39,6 +39,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from client import builders
 from node.openapi import API_CODES, TX_CODES, build_document, status_of
 from node.views import MAX_JSON_DEPTH
 from state.codes import Code
@@ -123,8 +124,6 @@ class NodeThread:
     async def _seed(harness: Harness) -> None:
         await harness.submit(harness.award(C1, 5000))
         harness.produce_block()
-        from client import builders
-
         transfer = builders.transfer(
             C1, harness.node.chain_id, harness.exp, C2.address, 7
         )
