@@ -50,12 +50,9 @@ from pathlib import Path
 from client.http import ApiError, Client, NodeUnreachable
 from client.keys import Keypair
 from tests.harness import cluster as harness
-from tests.harness.chain import (
-    Chains,
-    check_consistent,
-    check_no_conflicting_signatures,
-)
+from tests.harness import safety
 from tests.harness.cluster import MERCHANT_RATE, Cluster
+from tests.harness.safety import FinalTx, StoredBlock
 from tests.soak_inputs import BadInputs
 
 log = logging.getLogger("soak")
@@ -91,6 +88,7 @@ class Promise:
     coins: int
     admitted: bool = False  # the node answered 2xx
     final: bool = False  # the node said committed
+    height: int | None = None  # where it said
 
 
 @dataclass
@@ -221,6 +219,7 @@ class Load:
             return
         promise.admitted = True
         promise.final = doc["status"] == "committed"
+        promise.height = doc.get("height")
 
 
 # --- faults ---------------------------------------------------------------------------
@@ -237,9 +236,6 @@ class Faults:
     @property
     def validators(self) -> list[str]:
         return self.cluster.validators
-
-    def has_links(self) -> bool:
-        return bool(getattr(self.cluster, "links", None))
 
     def wait_for_progress(self, kind: str, bound: float = RECOVERY_BOUND_S) -> None:
         """Commits must resume on every running node within `bound` seconds."""
@@ -301,9 +297,7 @@ class Faults:
         self.wait_for_progress("kill_auditor")
 
     def clock_shift(self) -> None:
-        shift = getattr(self.cluster, "shift_clock", None)
-        if shift is None:
-            return self.pause()
+        shift = self.cluster.shift_clock
         victim = self.rng.choice(self.validators)
         offset = self.rng.choice([-1, 1]) * self.rng.randrange(500, 5_000)
         shift(victim, offset)
@@ -313,8 +307,6 @@ class Faults:
         self.wait_for_progress("clock_shift")
 
     def partition(self, seconds: float | None = None) -> None:
-        if not self.has_links():
-            return self.kill()
         seconds = seconds if seconds is not None else self.rng.uniform(3.0, 15.0)
         names = list(self.cluster.members)
         self.rng.shuffle(names)
@@ -422,14 +414,13 @@ def run(minutes: float, root: Path, seed: int) -> dict:
 
         faults.quorum_outage(plan.outage_s)
         faults.kill_storm(plan.kills)
-        if faults.has_links():
-            faults.partition(seconds=min(60.0, max(5.0, minutes * 2)))
+        faults.partition(seconds=min(60.0, max(5.0, minutes * 2)))
         while time.monotonic() < deadline - 60:
             faults.random_fault()
 
         inputs.stop()
         load.stop()
-        report = settle_and_check(cluster, tally, inputs)
+        report = settle_and_check(cluster, tally, inputs, load)
     finally:
         if inputs is not None:
             inputs.stop()
@@ -443,50 +434,61 @@ def run(minutes: float, root: Path, seed: int) -> dict:
 
 
 def start_cluster(root: Path) -> Cluster:
-    cluster = harness.start_cluster(root, 4, 1, **cluster_options())
-    return cluster
+    """Four validators and an auditor, every link through a proxy."""
+    return harness.start_cluster(root, 4, 1, links=True)
 
 
-def cluster_options() -> dict:
-    """Link proxies when the harness has them, so partitions can be injected."""
-    import inspect
-
-    if "links" in inspect.signature(harness.start_cluster).parameters:
-        return {"links": True}
-    return {}
-
-
-def settle_and_check(cluster: Cluster, tally: Tally, inputs: BadInputs) -> dict:
+def settle_and_check(
+    cluster: Cluster, tally: Tally, inputs: BadInputs, load: Load
+) -> dict:
     """Undo every fault, let the network catch up, and check the promises."""
-    heal = getattr(cluster, "heal", None)
-    if heal is not None:
-        heal()
+    cluster.heal()
     for name in cluster.members:
         if cluster.nodes[name].paused:
             cluster.resume(name)
-        if not cluster.nodes[name].running:
-            cluster.start(name)
+        cluster.shift_clock(name, 0)
     crashed = cluster.crashed_nodes()
     if crashed:
         tally.fail(f"nodes exited on their own: {crashed}")
+    for name in cluster.members:
+        if not cluster.nodes[name].running:
+            cluster.start(name)
     tip = cluster.wait_for_blocks(2, cluster.members, timeout=SETTLE_TIMEOUT_S)
+    cluster.wait_for_same_height(cluster.members, timeout=SETTLE_TIMEOUT_S)
     log.info("settled tip=%d", tip)
 
-    chains = cluster.fetch_chains(cluster.members)
-    divergent = count_problems(check_consistent, chains)
-    conflicting = count_problems(check_no_conflicting_signatures, chains)
-    conflicting += count_recorded_conflicts(cluster)
-    placed = placements(chains[cluster.validators[0]])
-    lost = [
-        p.tx_hash for p in tally.promises.values()
-        if p.final and len(placed.get(p.tx_hash, ())) != 1
-    ]  # fmt: skip
+    observations = cluster.observations()
+    observations.final_txs = [
+        FinalTx(bytes.fromhex(p.tx_hash), p.height, p.via)
+        for p in tally.promises.values()
+        if p.final
+    ]
+    verifier = safety.Verifier(observations.chain_id)
+    scratch = safety.SafetyReport()
+    statements = [
+        *safety.stored_statements(observations, verifier),
+        *safety.recorded_statements(observations, verifier, scratch),
+    ]
+    certified = safety.recorded_commits(observations, verifier, scratch)
+    divergent = [
+        *safety.forks(observations, certified),
+        *safety.broken_links(observations),
+        *safety.state_root_disagreements(observations),
+    ]
+    conflicting = safety.double_signs(statements)
+    lost = safety.lost_final_txs(observations)
+    placed = placements(observations.blocks[cluster.validators[0]])
     twice = [h for h, heights in placed.items() if len(heights) > 1]
-    if lost:
-        tally.fail(f"final transactions not in the chain exactly once: {lost[:5]}")
+    for kind, problems in [
+        ("divergent", divergent),
+        ("conflicting", conflicting),
+        ("lost", lost),
+    ]:
+        for problem in problems[:10]:
+            tally.fail(f"{kind}: {problem}")
     if twice:
         tally.fail(f"transactions in more than one block: {twice[:5]}")
-    divergent += check_balances(cluster, tally, chains, placed)
+    balance_problems = check_balances(cluster, tally, load, placed)
 
     committed = sum(1 for h in tally.promises if h in placed)
     admitted = [p for p in tally.promises.values() if p.admitted]
@@ -494,7 +496,7 @@ def settle_and_check(cluster: Cluster, tally: Tally, inputs: BadInputs) -> dict:
         "offered": sum(tally.offered.values()),
         "offered_by_kind": dict(tally.offered),
         "admitted": len(admitted),
-        "told_final": sum(1 for p in tally.promises.values() if p.final),
+        "told_final": len(observations.final_txs),
         "committed": committed,
         # Admitted by a node that was killed before it passed them on: the
         # client was never told they were final, and they are not lost.
@@ -502,6 +504,8 @@ def settle_and_check(cluster: Cluster, tally: Tally, inputs: BadInputs) -> dict:
         "refused_by_code": dict(tally.refused),
         "unreachable": tally.unreachable,
         "height": tip,
+        "signed_statements": len({(s.slot, s.block_hash) for s in statements}),
+        "recorded_messages": len(observations.messages),
         "faults": sum(tally.faults.values()),
         "faults_by_kind": dict(tally.faults),
         "bad_inputs": sum(inputs.tried.values()),
@@ -510,58 +514,35 @@ def settle_and_check(cluster: Cluster, tally: Tally, inputs: BadInputs) -> dict:
         "max_recovery_s": {k: round(v, 1) for k, v in tally.recoveries.items()},
         "check_failures": tally.failures[:20],
         "lost": len(lost) + len(twice),
-        "conflicting": conflicting,
-        "divergent": divergent,
+        "conflicting": len(conflicting),
+        "divergent": len(divergent) + balance_problems,
     }
 
 
-def count_problems(check: Callable[[Chains], None], chains: Chains) -> int:
-    try:
-        check(chains)
-    except AssertionError as exc:
-        lines = str(exc).splitlines()[1:]
-        log.error("check %s failed: %s", check.__name__, "\n".join(lines[:10]))
-        return max(1, len(lines))
-    return 0
-
-
-def count_recorded_conflicts(cluster: Cluster) -> int:
-    """Conflicting signed messages among everything the nodes recorded, when
-    the harness records them."""
-    check = getattr(cluster, "check_recorded_messages", None)
-    if check is None:
-        return 0
-    try:
-        check()
-    except AssertionError as exc:
-        log.error("recorded messages conflict: %s", str(exc)[:2000])
-        return max(1, len(str(exc).splitlines()) - 1)
-    return 0
-
-
-def placements(chain) -> dict[str, list[int]]:
-    """Each transaction hash in the chain, with the heights that hold it."""
+def placements(blocks: dict[int, StoredBlock]) -> dict[str, list[int]]:
+    """Each transaction hash in one node's chain, with the heights that hold it."""
     placed: dict[str, list[int]] = {}
-    for height, block in sorted(chain.blocks.items()):
-        for tx in block["txs"]:
-            placed.setdefault(tx["hash"], []).append(height)
+    for height, block in sorted(blocks.items()):
+        for tx_hash in block.tx_hashes:
+            placed.setdefault(tx_hash.hex(), []).append(height)
     return placed
 
 
 def check_balances(
-    cluster: Cluster, tally: Tally, chains: Chains, placed: dict[str, list[int]]
+    cluster: Cluster, tally: Tally, load: Load, placed: dict[str, list[int]]
 ) -> int:
     """Every node reports the same balance for each customer, and together they
     hold exactly the coins of the committed awards (transfers move coins
     between customers, never create them)."""
-    load_customers = customers_in(chains)
+    addresses = sorted(c.address for c in load.customers)
     problems = 0
     totals: dict[str, int] = {}
+    reference: dict[str, int] = {}
     for name in cluster.members:
         client = cluster.client(name)
-        balances = {a: client.account(a)["balance"] for a in sorted(load_customers)}
+        balances = {a: client.account(a)["balance"] for a in addresses}
         totals[name] = sum(balances.values())
-        if name == cluster.members[0]:
+        if not reference:
             reference = balances
         elif balances != reference:
             differ = [a for a in balances if balances[a] != reference[a]]
@@ -577,17 +558,6 @@ def check_balances(
             tally.fail(f"{name}: customers hold {total}, awards committed {awarded}")
             problems += 1
     return problems
-
-
-def customers_in(chains: Chains) -> set[str]:
-    """Addresses the load's awards credited, read from the chain itself."""
-    chain = next(iter(chains.values()))
-    found = set()
-    for block in chain.blocks.values():
-        for tx in block["txs"]:
-            if tx["kind"] == "award_purchase":
-                found.add(tx["payload"]["customer"])
-    return found
 
 
 def print_summary(report: dict) -> None:
