@@ -112,6 +112,7 @@ class ConsensusEngine:
         self._timers = Timers()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_start_at: float | None = None
+        self._last_commit_at: float | None = None
         self._reported: set[tuple[bytes, int, int, int]] = set()
         self._validator_sets: dict[int, list[bytes]] = {}
         self._catchup = CatchUp(
@@ -364,6 +365,14 @@ class ConsensusEngine:
         if self._last_start_at is not None:
             since_start = (self._now() - self._last_start_at) * 1000
         since_block = self.app.now_ms() - self.app.last_block_time_ms()
+        if self._last_commit_at is not None:
+            # A clock running behind the proposer's that dated the last block
+            # would put the heartbeat off by as much, and this node would start
+            # late, after the others' propose timeout when it is the proposer.
+            # Time since the local commit, a moment after the block's time,
+            # bounds the wait by what the others see.
+            since_commit = round((self._now() - self._last_commit_at) * 1000)
+            since_block = max(since_block, since_commit)
         pending = self.app.has_pending_txs()
         delay = self.timeouts.start_delay_ms(since_start, since_block, pending)
         if delay > 0:
@@ -540,6 +549,7 @@ class ConsensusEngine:
         # the start of the next, so time spent executing and committing a
         # large block counts towards the interval instead of adding to it.
         self._last_start_at = s.joined_at or s.started_at
+        self._last_commit_at = now
         payload = encode_commit_message(certificate, block.encode())
         self._catchup.committed(s.height, payload)
         if announce:
@@ -575,7 +585,7 @@ class ConsensusEngine:
         last = self.app.last_height()
         if last >= self._state.height:
             self.log.info("caught up height=%d", last)
-            self._last_start_at = self._now()
+            self._last_start_at = self._last_commit_at = self._now()
             self._enter_height(last + 1)
 
     def _early(

@@ -9,7 +9,10 @@ back after a long outage is not left waiting minutes for the next round.
 A new height starts `block_interval_ms` after the previous one started (the
 time spent executing and committing counts towards it), and then only when
 there is something to do: pending transactions, or `heartbeat_ms` since the
-last block's time (an empty block that shows the chain is alive).
+last block's time (an empty block that shows the chain is alive). The engine
+counts that from the block's time by its own clock, or from when it committed
+the block if that is longer ago, so a clock running behind does not hold a
+validator back.
 """
 
 from __future__ import annotations

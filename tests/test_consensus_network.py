@@ -356,3 +356,22 @@ async def test_timeouts_never_exceed_the_cap_and_rounds_recover(tmp_path):
         for node in cluster.nodes:
             assert_one_vote_per_step(cluster.network.votes_by(node.index))
         cluster.assert_no_errors()
+
+
+async def test_a_validator_with_a_slow_clock_still_proposes_on_an_idle_chain(
+    tmp_path,
+):
+    # Validator 1's clock is 3 s behind, beyond the 1 s drift allowed. On an
+    # idle chain a height starts a heartbeat after the last block; by its own
+    # clock that would be 3 s late, long after the others' propose timeout.
+    # It counts from its own commit instead, so its turns still succeed.
+    timeouts = dataclasses.replace(FAST, heartbeat_ms=300, max_clock_drift_ms=1_000)
+    async with Cluster(tmp_path, n=4, timeouts=timeouts, skews={1: -3_000}) as cluster:
+        await cluster.start()
+        await cluster.wait_height(10)
+        cluster.assert_no_fork()
+        slow = VALIDATOR_KEYS[1].public_key
+        for height in (5, 9):
+            assert cluster.certificate(0, height).round == 0, height
+            assert cluster.block(0, height).header.proposer == slow
+        cluster.assert_no_errors()
