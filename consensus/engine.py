@@ -114,6 +114,9 @@ class ConsensusEngine:
         self._last_start_at: float | None = None
         self._last_commit_at: float | None = None
         self._reported: set[tuple[bytes, int, int, int]] = set()
+        # The highest height of a verified message each key signed, as heard
+        # here: a validator that lost its signer record asks for it.
+        self._heard_from: dict[bytes, int] = {}
         self._validator_sets: dict[int, list[bytes]] = {}
         self._catchup = CatchUp(
             app,
@@ -156,6 +159,16 @@ class ConsensusEngine:
         self._running = False
         self._timers.cancel_all()
         self._outbox.cancel()
+
+    def highest_signed_by(self, key: bytes) -> int:
+        """The highest height at which this node heard a proposal, vote or
+        commit signature of `key` (0 if none): where that key may not sign
+        again after it lost its signer record."""
+        return self._heard_from.get(key, 0)
+
+    def _heard(self, key: bytes, height: int) -> None:
+        if height > self._heard_from.get(key, 0):
+            self._heard_from[key] = height
 
     def status(self) -> Status:
         """Where consensus stands, for the node's API and health checks."""
@@ -212,6 +225,7 @@ class ConsensusEngine:
             proposal.verify(self.chain_id)
         except VerificationError as exc:
             return str(exc)
+        self._heard(proposal.proposer, proposal.height)
         if proposal.height > s.height:
             key = ("proposal", proposal.round)
             self._early(proposal.height, proposal.proposer, key, "proposal", payload)
@@ -245,6 +259,7 @@ class ConsensusEngine:
             vote.verify(self.chain_id)
         except VerificationError as exc:
             return str(exc)
+        self._heard(vote.validator, vote.height)
         if vote.height > s.height:
             key = ("vote", vote.vote_type, vote.round, vote.validator)
             self._early(vote.height, vote.validator, key, "vote", payload)
@@ -278,6 +293,8 @@ class ConsensusEngine:
             certificate.verify(self.chain_id, self._validators(certificate.height))
         except VerificationError as exc:
             return f"commit h={certificate.height}: {exc}"
+        for key in certificate.validators:
+            self._heard(key, certificate.height)
         if certificate.height > s.height:
             self._catchup.request_sync(s.height, certificate.height)
             return None

@@ -6,6 +6,7 @@
     4 commit     commit certificate with its block                 broadcast
     5 status     [height, block_hash] every few seconds            broadcast
     6 blocks     block sync request / response                     request
+    7 signed_by  [key] -> [highest height heard signed by key]     request
 
 Transactions are gossiped by the node that admitted them from a client, to
 every peer; peers do not relay them. In the full mesh of a permissioned
@@ -31,12 +32,19 @@ from pathlib import Path
 from consensus.messages import encode_commit_message
 from consensus.sync import STATUS_INTERVAL_S, BlockSync, encode_status, serve_blocks
 from node.testing import RECORD_FILE, ConsensusRecorder, misses
-from p2p.errors import PeerUnavailable
+from p2p.errors import P2PError, PeerUnavailable
 from p2p.identity import NodeIdentity
 from p2p.network import Network
 from p2p.peers import PeerAddress
 from state.address import parse_address
-from state.codec import DecodeError, decode, encode
+from state.codec import (
+    DecodeError,
+    check_array,
+    check_bytes,
+    check_uint,
+    decode,
+    encode,
+)
 from state.codes import Code
 from state.tx import TxRejected
 
@@ -48,6 +56,8 @@ MSG_VOTE = 3
 MSG_COMMIT = 4
 MSG_STATUS = 5
 MSG_BLOCKS = 6
+MSG_SIGNED_BY = 7
+SIGNED_BY_TIMEOUT_S = 5.0
 
 CONSENSUS_TYPES = {MSG_PROPOSAL: "proposal", MSG_VOTE: "vote", MSG_COMMIT: "commit"}
 CONSENSUS_CODES = {name: code for code, name in CONSENSUS_TYPES.items()}
@@ -113,6 +123,7 @@ class Peering:
             self.network.register_handler(code, self.consensus_handler(name))
         self.network.register_handler(MSG_STATUS, self.on_status)
         self.network.register_request_handler(MSG_BLOCKS, self.on_blocks_request)
+        self.network.register_request_handler(MSG_SIGNED_BY, self.on_signed_by)
         self._status_task: asyncio.Task | None = None
         self.switches = config.testing
         self._left_missed_round = False
@@ -257,6 +268,31 @@ class Peering:
             return False
         log.info("test switch: %s missed peer=%s", msg_type, peer.hex()[:8])
         return True
+
+    async def on_signed_by(self, peer: bytes, body: bytes) -> bytes:
+        """How far this node heard a key sign: asked by a validator that lost
+        its signer record, so that it never signs where it already did."""
+        engine = self.node.engine
+        try:
+            value = decode(body, 64)
+            check_array(value, 1, "signed_by")
+            key = check_bytes(value[0], "key", 32)
+        except DecodeError as exc:
+            self.penalize(peer, f"bad signed_by request: {exc}")
+            return encode([0])
+        return encode([0 if engine is None else engine.highest_signed_by(key)])
+
+    async def ask_signed_by(self, peer: bytes, key: bytes) -> int | None:
+        """`peer`'s answer to on_signed_by, or None if it gave none."""
+        try:
+            body = await self.network.request(
+                peer, MSG_SIGNED_BY, encode([key]), SIGNED_BY_TIMEOUT_S
+            )
+            value = decode(body, 64)
+            check_array(value, 1, "signed_by answer")
+            return check_uint(value[0], "height")
+        except (P2PError, TimeoutError, ConnectionError, DecodeError):
+            return None
 
     # --- sync plumbing ---
 

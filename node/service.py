@@ -39,6 +39,9 @@ VERIFY_CHUNK = 256
 # tip its peers report before it joins consensus, and says every so often
 # that it is still waiting to hear from them.
 SYNC_BEFORE_SIGNING_S = 120.0
+# How long a validator without a signer record waits for every other
+# validator to say how far it heard its key sign.
+SIGNED_BY_WAIT_S = 30.0
 DISCOVERY_LOG_S = 10.0
 EVIDENCE_TTL_S = 600
 # Recently refused transactions are remembered so `GET /v1/transactions/{hash}`
@@ -252,10 +255,19 @@ class Node:
         """The first height a validator without a signer record may sign.
 
         Silence proves nothing (this node may be alone after an outage), so it
-        waits until f+1 connected peers said where the chain is, takes the
-        height that f+1 of them claim (up to f liars cannot raise it), syncs
-        to it, and signs only from two heights above it. Only when those peers
-        and this node are all at height 0 is the chain new.
+        waits until f+1 connected peers said where the chain is. Only when
+        they and this node are all at height 0 is the chain new. Otherwise it
+        syncs to the highest tip any of them claims: a claim is unsigned, but
+        the blocks come with certificates, and a peer that lost its own data
+        claims too little, never too much.
+
+        Then it asks every other validator how far it heard this key sign: a
+        message this node signed and sent before it lost its record reached
+        them, and nothing it signed can conflict with what it signs above that.
+        It signs from the height after both the tip and the highest answer.
+        A validator that does not answer in time may hold such a message, so
+        then it keeps one more height of margin, as if it had signed at the
+        height after the tip.
         """
         sync = self.peering.sync
         n = len(self.app.validators(self.store.height + 1))
@@ -271,16 +283,50 @@ class Node:
                 )
                 since = loop.time()
             await asyncio.sleep(0.2)
-        tip = sync.agreed_tip(agree)
+        tip = sync.best_tip()
         if tip == 0 and self.store.height == 0:
             log.info("no signer record yet on a new chain; signing from height 1")
             return None
         deadline = loop.time() + SYNC_BEFORE_SIGNING_S
-        while self.store.height < tip and loop.time() < deadline:
+        while self.store.height < sync.best_tip() and loop.time() < deadline:
             await asyncio.sleep(0.1)
-        start = max(tip, self.store.height) + 2
-        log.info("signer record missing tip=%d sign_from=%d", tip, start)
+        tip = self.store.height
+        heard, answered = await self.ask_where_we_signed()
+        margin = 1 if answered else 2
+        start = max(tip, heard) + margin
+        log.info(
+            "signer record missing tip=%d sign_from=%d heard=%d all_answered=%s",
+            tip,
+            start,
+            heard,
+            answered,
+        )
         return start
+
+    async def ask_where_we_signed(self) -> tuple[int, bool]:
+        """The highest height the other validators heard this key sign, and
+        whether every one of them answered (within SIGNED_BY_WAIT_S)."""
+        me = self.engine.signer.public_key
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SIGNED_BY_WAIT_S
+        answers: dict[bytes, int] = {}
+        while True:
+            others = [
+                key for key in self.app.validators(self.store.height + 1) if key != me
+            ]
+            connected = set(self.peering.network.connected_peers())
+            asked = [k for k in others if k in connected and k not in answers]
+            replies = await asyncio.gather(
+                *(self.peering.ask_signed_by(k, me) for k in asked)
+            )
+            for key, height in zip(asked, replies, strict=True):
+                if height is not None:
+                    answers[key] = height
+            if all(k in answers for k in others) or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        answered = all(k in answers for k in others)
+        return max(answers.values(), default=0), answered
 
     # --- submissions ---
 
