@@ -82,7 +82,13 @@ from consensus.messages import (
 )
 from node import devnet
 from node.clock import write_clock_offset
-from node.config import NODE_CERT_FILE, PeerEntry, load_config
+from node.config import (
+    CONFIG_FILE,
+    NODE_CERT_FILE,
+    ConfigError,
+    PeerEntry,
+    load_config,
+)
 from node.devnet import NodePlan
 from node.testing import CRASH_EXIT_CODE, RECORD_FILE, read_consensus_record
 from state.address import parse_address
@@ -503,13 +509,19 @@ class Cluster:
     def set_switches(self, name: str, **switches: object) -> None:
         """Set `[testing]` switches (node.testing) in the node's config; they
         take effect at its next start."""
-        config = load_config(self.nodes[name].home)
+        home = self.nodes[name].home
+        config = load_config(home)
+        before = (home / CONFIG_FILE).read_text()
         for switch, value in switches.items():
             if not hasattr(config.testing, switch):
                 raise AttributeError(f"no test switch {switch!r}")
             setattr(config.testing, switch, value)
         config.save()
-        load_config(self.nodes[name].home)  # refuses a bad value now, not at start
+        try:
+            load_config(home)  # a bad value fails here, not at the next start
+        except ConfigError:
+            (home / CONFIG_FILE).write_text(before)
+            raise
         log.info(
             "test switches set node=%s %s",
             name,
