@@ -107,6 +107,12 @@ async def read_body(request: web.Request) -> tuple[str, bytes]:
         request.content.feed_eof()
         detail = f"the body cannot be read: {clip(str(exc))}"
         raise ApiError("bad_request", detail, close=True) from None
+    except ConnectionResetError:
+        # The connection went while the body was awaited: the client left,
+        # or body_limit dropped a body that stopped arriving (aiohttp does not
+        # report every broken chunk to the reader, so such a body just stops).
+        # Nobody is left to answer; the refusal is for the log only.
+        raise ApiError("bad_request", "the connection was lost", close=True) from None
     if not body:
         raise ApiError("empty_body", "the request body is empty")
     return form, body

@@ -42,7 +42,13 @@ async def send_problem(request: web.Request, error: ApiError) -> web.StreamRespo
     # A refusal that leaves the body unread ends the connection, whatever the
     # refusal: reading on to keep it alive would be reading the body after all.
     unread = request.body_exists and not request.content.is_eof()
-    if error.close or unread:
+    gone = request.transport is None or request.transport.is_closing()
+    if gone:
+        # The connection was lost (the client left, or its body stopped
+        # arriving and body_limit dropped it): aiohttp discards the answer
+        # quietly when it fails to send it.
+        response.force_close()
+    elif error.close or unread:
         response.force_close()
         await response.prepare(request)
         await response.write_eof()
