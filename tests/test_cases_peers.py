@@ -15,9 +15,10 @@ TLS and admission with a validator, then breaks the framing rules:
   cut within a second, the trickle by the per-frame deadline.
 
 Throughout, each attacked validator's resident memory grows by less than
-20 MB, and no block is missed elsewhere: the validators that are not
-attacked commit without a gap longer than MAX_BLOCK_GAP_S, every node ends
-at one tip with one history, and the attacked validators sign commits again.
+20 MB, and no block is missed anywhere: every validator decides every height
+of the attack in round 0 and never goes MAX_BLOCK_GAP_S without a block,
+every node ends at one tip with one history, and the attacked validators
+sign commits again.
 
 `peer_attacks` is the scenario; a soak can call it with other sizes (each
 call costs the attacking key 25 penalty points at v1 and v2, so calls must
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import threading
 import time
@@ -57,8 +59,9 @@ TRICKLE_PAUSE_S = 0.5
 CUT_WITHIN_S = 1.0
 MEMORY_BOUND = 20 * MB
 # Idle chains make a block a second (the harness's heartbeat); a missed block
-# shows as a gap of a round timeout or more.
+# shows as a height decided in a later round, and a stall as a long gap.
 MAX_BLOCK_GAP_S = 3.0
+COMMITTED = re.compile(r"committed height=(\d+) round=(\d+)")
 # How long the node lets one frame take to arrive once it has begun.
 FRAME_DEADLINE_S = Limits().frame_timeout
 
@@ -288,15 +291,31 @@ def peer_attacks(
     for name, watch in watches.items():
         log.info("%s under attack: %s", name, watch.describe())
         assert watch.growth < MEMORY_BOUND, f"{name}: {watch.describe()}"
+    end = cluster.tip(cluster.validators)
     for name in cluster.validators:
         gap = blocks.longest_gap(name)
         log.info("%s longest time without a block: %.2fs", name, gap)
         assert gap < MAX_BLOCK_GAP_S, f"{name} went {gap:.1f}s without a block"
+        # A missed block shows as a height decided in a later round.
+        late = {
+            h: r for h, r in decided_rounds(cluster, name).items()
+            if start < h <= end and r > 0
+        }  # fmt: skip
+        assert not late, f"{name}: heights decided after round 0: {late}"
     for name in attacked:
         cluster.wait_until_signing(name, after=start, timeout=20)
     cluster.start(ATTACKER)
     cluster.wait_for_height([ATTACKER], cluster.tip(cluster.validators), timeout=30)
     cluster.assert_consistent(cluster.members)
+
+
+def decided_rounds(cluster, name: str) -> dict[int, int]:
+    """The round in which each height was decided, from the node's log."""
+    rounds = {}
+    for line in cluster.log_matches(name, COMMITTED.pattern):
+        height, round = map(int, COMMITTED.search(line).groups())
+        rounds[height] = round
+    return rounds
 
 
 def test_c13_a_million_entry_frame_is_refused_by_its_length():
