@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from consensus.sync import BlockSync, encode_status
+from node.config import TestingSection
 from node.peering import Peering
 from state.codec import encode
 from state.tx import Kind
@@ -76,6 +77,9 @@ def bare_peering(engine) -> tuple[Peering, list]:
     peering.network = SimpleNamespace(
         penalize=lambda peer, points, reason: penalties.append((peer, reason))
     )
+    # Test switches (node.testing) all off, as on any real chain.
+    peering.switches = TestingSection()
+    peering.recorder = None
     return peering, penalties
 
 
