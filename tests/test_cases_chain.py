@@ -449,10 +449,11 @@ def replay_after_restart(cluster, others: int = REPLAY_OTHERS) -> None:
         via = cluster.validators[i % len(cluster.validators)]
         doc = cluster.client(via).submit_batch(raws[start : start + 500])
         assert doc["accepted"] == len(raws[start : start + 500]), doc["results"][:3]
-    cluster.wait_for_tx(sha256(raws[-1]).hex(), cluster.members, timeout=60)
+    drain_s = 60 + others / 200
+    cluster.wait_for_tx(sha256(raws[-1]).hex(), cluster.members, timeout=drain_s)
     cluster.wait_until(
         lambda: all(cluster.status(n)["mempool_txs"] == 0 for n in cluster.members),
-        60,
+        drain_s,
         "the other transactions to be committed",
         cluster.members,
     )

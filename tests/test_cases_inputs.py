@@ -685,16 +685,14 @@ async def flood(cluster, flooders, oversized, minimal, memo_bytes) -> FloodRepor
                 report.oversized[response.status] += 1
 
     async def send_minimal(session, first: int, count: int) -> None:
-        txs = [transfer(n, str(n)) for n in range(first, first + count)]
-        async with (
-            gate,
-            session.post(
+        async with gate:
+            txs = [transfer(n, str(n)) for n in range(first, first + count)]
+            async with session.post(
                 urls[first // FLOOD_BATCH % len(urls)] + "/v1/transactions/batch",
                 data=msgpack.packb([raw for _, _, raw in txs]),
                 headers={"Content-Type": "application/msgpack"},
-            ) as response,
-        ):
-            doc = await response.json(content_type=None)
+            ) as response:
+                doc = await response.json(content_type=None)
         assert response.status == 200, doc
         for (i, to, _), result in zip(txs, doc["results"], strict=True):
             report.minimal[result["status"]] += 1
