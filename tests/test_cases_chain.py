@@ -94,6 +94,8 @@ C01_HEIGHT = 40  # the case: 200
 NEXT_COMMITS = 10
 # C02
 OUTAGE_S = 20.0  # the case: 15 minutes
+# C05
+MIN_VALIDATORS = 2
 # C07
 KILLS = 8  # the case: 100
 BURST_TXS = 1_000  # awards in one large write burst
@@ -106,14 +108,12 @@ REPLAY_OTHERS = 2_000  # the case: 20,000
 # C10
 TILL_AWARDS = 800
 TILLS = 8
-# C05
-MIN_VALIDATORS = 2
-# A trickle of awards that keeps blocks coming at the block interval.
-BUSY_INTERVAL_S = 0.3
 # Blocks all of one merchant's burst may take to become final.
 BURST_BLOCKS = 10
 # How many blocks after the tip at submission an award may wait, busy or not.
 WAIT_BLOCKS = 2
+# A trickle of awards that keeps blocks coming at the block interval.
+BUSY_INTERVAL_S = 0.3
 
 
 @pytest.fixture(scope="module")
