@@ -19,4 +19,3 @@ THRESHOLDS = (100_000, 50, 100)
 
 def tune_gc() -> None:
     gc.set_threshold(*THRESHOLDS)
-

@@ -12,11 +12,16 @@ at the APIs and the peer ports.
 The long failure cases run first, at full size when the budget allows, then a
 random mix of faults fills the remaining time:
 
+- C09, C10, C12, C16 as their tests run them (tests/test_cases_*), at the
+  cases' sizes (20,000 other transactions; 20,000 500 KB memos and 100,000
+  minimal transactions) from 30 minutes of budget, at test sizes below; the
+  load pauses meanwhile, since C09 and C12 wait for empty mempools;
 - C02 quorum lost: two validators stopped for up to 15 minutes (scaled to a
   share of the budget), then started; a block must follow within the round
   timeout cap plus two block intervals, without touching the other two;
 - C07 kill -9: up to 100 SIGKILLs of random validators at random moments;
-- C06 splits: 2|2 and 1|3 partitions through the link proxies, healed;
+- C06 splits through the link proxies: 2|2 for up to 60 s, then 1|3 with the
+  next proposer on the lone side, each healed;
 - the random mix: kill, clean stop, SIGSTOP, wipe (database and signer state,
   key kept), auditor kill, a shifted clock, a short partition.
 
@@ -65,6 +70,11 @@ OUTAGE_SHARE = 0.6
 KILL_SHARE = 0.3
 # A kill costs about this much (restart, catching up) on this kind of machine.
 KILL_CYCLE_S = 6.0
+FULL_CASES_MINUTES = 30
+FULL_SPLIT_S = 60.0
+FULL_REPLAY_OTHERS = 20_000
+FULL_FLOOD_OVERSIZED = 20_000
+FULL_FLOOD_MINIMAL = 100_000
 
 CUSTOMERS = 40
 LOAD_INTERVAL_S = 0.05  # one unconfirmed award per interval
@@ -135,6 +145,9 @@ class Load:
                           for i in range(2)]  # fmt: skip
         self.customers = [Keypair.generate() for _ in range(CUSTOMERS)]
         self.stop_event = threading.Event()
+        # Set while a case that needs the network to itself runs (C09 and C12
+        # wait for empty mempools).
+        self.paused = threading.Event()
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -175,6 +188,8 @@ class Load:
         clients: dict[str, Client] = {}
         try:
             while not self.stop_event.wait(LOAD_INTERVAL_S):
+                if self.paused.is_set():
+                    continue
                 via = rng.choice(self.targets())
                 self.submit(clients, via, rng, wait=False)
         finally:
@@ -186,6 +201,9 @@ class Load:
         clients: dict[str, Client] = {}
         try:
             while not self.stop_event.is_set():
+                if self.paused.is_set():
+                    self.stop_event.wait(LOAD_INTERVAL_S)
+                    continue
                 via = rng.choice(self.targets())
                 self.submit(clients, via, rng, wait=True)
         finally:
@@ -306,19 +324,21 @@ class Faults:
         shift(victim, 0)
         self.wait_for_progress("clock_shift")
 
-    def partition(self, seconds: float | None = None) -> None:
+    def partition(self, seconds: float | None = None, kind: str = "") -> None:
+        """A 2|2 split (no side has a quorum) or a 1|3 split with the next
+        proposer alone; then healed, and commits must resume."""
         seconds = seconds if seconds is not None else self.rng.uniform(3.0, 15.0)
-        names = list(self.cluster.members)
+        kind = kind or self.rng.choice(["partition_2_2", "partition_1_3"])
+        names = list(self.cluster.validators)
         self.rng.shuffle(names)
-        if self.rng.random() < 0.5:
-            sides = (set(names[:2]), set(names[2:]))
-            kind = "partition_2_2"
+        if kind == "partition_2_2":
+            sides = (set(names[:2]), {*names[2:], *self.cluster.auditors})
         else:
-            sides = (set(names[:1]), set(names[1:]))
-            kind = "partition_1_3"
+            lone = self.cluster.proposer(self.cluster.tip() + 1)
+            sides = ({lone}, set(self.cluster.members) - {lone})
         self.cluster.partition(*sides)
         self.tally.fault(kind)
-        log.info("partition sides=%s seconds=%.1f", sides, seconds)
+        log.info("partition kind=%s sides=%s seconds=%.1f", kind, sides, seconds)
         time.sleep(seconds)
         self.cluster.heal()
         self.wait_for_progress(kind)
@@ -383,13 +403,48 @@ class Plan:
     minutes: float
     outage_s: float
     kills: int
+    # The floods and restarts of C09, C10, C12 and C16 at the cases' sizes
+    # (they take minutes); below FULL_CASES_MINUTES they keep their test sizes.
+    full_cases: bool
 
 
 def plan_for(minutes: float) -> Plan:
     budget = minutes * 60
     outage = min(FULL_OUTAGE_S, budget * OUTAGE_SHARE)
     kills = min(FULL_KILLS, int(budget * KILL_SHARE / KILL_CYCLE_S))
-    return Plan(minutes, outage, max(kills, 1))
+    return Plan(minutes, outage, max(kills, 1), minutes >= FULL_CASES_MINUTES)
+
+
+def run_cases(cluster: Cluster, tally: Tally, load: Load, full: bool) -> None:
+    """The failure cases that need no fault but size: each runs as its test
+    does (tests/test_cases_*), with the case's own numbers when `full`, and a
+    failed assertion is a failed check of the soak."""
+    from tests import test_cases_chain as chain_cases
+    from tests import test_cases_inputs as input_cases
+
+    cases: list[tuple[str, Callable[[], None]]] = [
+        ("c09_replay_after_restart", lambda: chain_cases.replay_after_restart(
+            cluster, others=FULL_REPLAY_OTHERS if full else 2_000)),
+        ("c10_many_tills", lambda: chain_cases.one_merchant_many_tills(cluster)),
+        ("c12_mempool_flood", lambda: input_cases.mempool_flood(
+            cluster, oversized=FULL_FLOOD_OVERSIZED if full else 200,
+            minimal=FULL_FLOOD_MINIMAL if full else 2_000)),
+        ("c16_huge_bodies", lambda: input_cases.huge_bodies(cluster, "v1")),
+    ]  # fmt: skip
+    load.paused.set()
+    for name, case in cases:
+        log.info("case starting name=%s full=%s", name, full)
+        started = time.monotonic()
+        try:
+            case()
+        except AssertionError as exc:
+            tally.fail(f"{name}: {str(exc)[:500]}")
+        tally.fault(name)
+        log.info("case done name=%s seconds=%.0f", name, time.monotonic() - started)
+        for node in cluster.members:  # C09 restarts every node
+            if not cluster.nodes[node].running:
+                cluster.start(node)
+    load.paused.clear()
 
 
 def run(minutes: float, root: Path, seed: int) -> dict:
@@ -412,9 +467,12 @@ def run(minutes: float, root: Path, seed: int) -> dict:
         inputs.start()
         faults = Faults(cluster, tally, rng)
 
+        run_cases(cluster, tally, load, plan.full_cases)
         faults.quorum_outage(plan.outage_s)
         faults.kill_storm(plan.kills)
-        faults.partition(seconds=min(60.0, max(5.0, minutes * 2)))
+        split_s = min(FULL_SPLIT_S, max(5.0, minutes * 2))
+        faults.partition(split_s, "partition_2_2")
+        faults.partition(split_s, "partition_1_3")
         while time.monotonic() < deadline - 60:
             faults.random_fault()
 
@@ -429,7 +487,11 @@ def run(minutes: float, root: Path, seed: int) -> dict:
         cluster.shutdown()
     report["duration_s"] = round(time.monotonic() - started)
     report["seed"] = seed
-    report["plan"] = {"outage_s": round(plan.outage_s), "kills": plan.kills}
+    report["plan"] = {
+        "outage_s": round(plan.outage_s),
+        "kills": plan.kills,
+        "full_cases": plan.full_cases,
+    }
     return report
 
 

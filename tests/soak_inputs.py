@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import msgpack
 
 from client import builders
+from client.http import ApiError, Client, NodeUnreachable
 from client.keys import Keypair
 from state.tx import SIGN_DOMAIN, Kind
 
@@ -35,6 +36,7 @@ HTTP_TIMEOUT_S = 10.0
 MB = 1 << 20
 OVERSIZED_BYTES = 5 * MB
 PEER_HANGUP_S = 5.0
+STILL_SERVING_S = 20.0
 PROBLEM_TYPE = "application/problem+json"
 
 LOOKALIKE_SUFFIXES = ["-staging", "X", " ", "1", "\u0456"]  # і: Cyrillic i
@@ -159,10 +161,14 @@ class BadInputs:
         self.expect_problem(kind, via, reply, statuses)
 
     def check_still_serving(self, kind: str, via: str) -> None:
-        if via in self.cluster.running_nodes() and not self.answers(via):
-            # Faults may have stopped it meanwhile; only a running node counts.
-            if via in self.cluster.running_nodes():
-                self.fail(kind, via, "status did not answer afterwards")
+        """The node answers its status afterwards. Faults run meanwhile, so a
+        node that was stopped or is still starting gets a few seconds."""
+        deadline = time.monotonic() + STILL_SERVING_S
+        while time.monotonic() < deadline:
+            if via not in self.cluster.running_nodes() or self.answers(via):
+                return
+            time.sleep(0.5)
+        self.fail(kind, via, f"status did not answer within {STILL_SERVING_S:g}s")
 
     # --- the kinds ----------------------------------------------------------------
 
@@ -214,10 +220,12 @@ class BadInputs:
 
     def replay(self, via: str) -> None:
         """Resubmitting a committed transaction is refused as a duplicate."""
-        chain = self.cluster.client(via)
+        # A client of this thread's own: the cluster's clients belong to the
+        # thread that drives the faults.
         try:
-            latest = chain.block("latest")
-        except Exception as exc:
+            with Client(self.cluster.nodes[via].api_url, timeout=HTTP_TIMEOUT_S) as api:
+                latest = api.block("latest")
+        except (ApiError, NodeUnreachable) as exc:
             raise Refused() from exc
         txs = latest.get("txs") or []
         if not txs:
