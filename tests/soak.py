@@ -23,7 +23,8 @@ random mix of faults fills the remaining time:
 - C06 splits through the link proxies: 2|2 for up to 60 s, then 1|3 with the
   next proposer on the lone side, each healed;
 - the random mix: kill, clean stop, SIGSTOP, wipe (database and signer state,
-  key kept), auditor kill, a shifted clock, a short partition.
+  key kept), auditor kill, a shifted clock, a short partition, one
+  validator's links slowed, bytes dropped one way between two validators.
 
 At the end every fault is undone, the load stops, every node catches up, and
 the run checks what a user would: every transaction a client was told is
@@ -343,6 +344,30 @@ class Faults:
         self.cluster.heal()
         self.wait_for_progress(kind)
 
+    def slow_link(self) -> None:
+        """One validator's links slowed both ways by a few hundred ms."""
+        victim = self.rng.choice(self.validators)
+        ms = self.rng.randrange(100, 800)
+        for other in self.cluster.members:
+            if other != victim:
+                self.cluster.delay(victim, other, ms)
+                self.cluster.delay(other, victim, ms)
+        self.tally.fault("slow_link")
+        log.info("links slowed node=%s ms=%d", victim, ms)
+        time.sleep(self.rng.uniform(3.0, 10.0))
+        self.cluster.heal()
+        self.wait_for_progress("slow_link")
+
+    def one_way_drop(self) -> None:
+        """Bytes from one validator to another vanish; the connection stays up."""
+        a, b = self.rng.sample(self.validators, 2)
+        self.cluster.drop(a, b)
+        self.tally.fault("one_way_drop")
+        log.info("one-way drop from=%s to=%s", a, b)
+        time.sleep(self.rng.uniform(3.0, 10.0))
+        self.cluster.heal()
+        self.wait_for_progress("one_way_drop")
+
     def random_fault(self) -> None:
         choices: list[tuple[Callable[[], None], int]] = [
             (self.kill, 4),
@@ -352,6 +377,8 @@ class Faults:
             (self.kill_auditor, 1),
             (self.clock_shift, 1),
             (self.partition, 2),
+            (self.slow_link, 1),
+            (self.one_way_drop, 1),
         ]
         fault = self.rng.choices(
             [c for c, _ in choices], weights=[w for _, w in choices]
