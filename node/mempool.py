@@ -6,8 +6,13 @@ transaction: the signature result is cached by hash, so block execution does
 not verify it again. The pool is bounded by count and by bytes; when full it
 refuses (the API answers 503 with Retry-After) instead of growing.
 
-Order is first come, first served. After each commit the committed
-transactions leave the pool and the rest are rechecked for expiry.
+Order is first come, first served, with one limit: when more is waiting than
+a block holds, no signer takes more than its fair share of the block (the
+block size over the number of signers waiting) while others wait, so one
+account's flood of valid transactions delays others by a block, not by the
+length of its queue. A block keeps the admission order of what it takes.
+After each commit the committed transactions leave the pool and the rest are
+rechecked for expiry.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Mempool:
         self.max_bytes = max_bytes
         self._txs: OrderedDict[bytes, Transaction] = OrderedDict()
         self._admitted_at: dict[bytes, float] = {}
+        self._waiting_by_signer: dict[bytes, int] = {}
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -103,6 +109,8 @@ class Mempool:
         self._txs[tx.hash] = tx
         self._admitted_at[tx.hash] = time.monotonic()
         self._bytes += len(tx.raw)
+        waiting = self._waiting_by_signer
+        waiting[tx.signer] = waiting.get(tx.signer, 0) + 1
         return Admission(tx, added=True)
 
     def waiting_longer_than(self, seconds: float, limit: int) -> list[Transaction]:
@@ -119,12 +127,39 @@ class Mempool:
     # --- block production ---
 
     def reap(self, max_txs: int) -> list[Transaction]:
-        """The oldest `max_txs` waiting transactions, left in the pool until commit."""
+        """Up to `max_txs` waiting transactions for a block, in admission order,
+        left in the pool until commit; no signer beyond its fair share while
+        others wait (see the module docstring)."""
+        if len(self._txs) <= max_txs:
+            return list(self._txs.values())
+        share = max(1, max_txs // len(self._waiting_by_signer))
+        taken: dict[bytes, int] = {}
+        chosen: list[bytes] = []
+        over: list[bytes] = []
+        # One pass in admission order: each signer's first `share`, and the
+        # rest of its transactions noted for the second pass.
+        for tx_hash, tx in self._txs.items():
+            count = taken.get(tx.signer, 0)
+            if count < share:
+                taken[tx.signer] = count + 1
+                chosen.append(tx_hash)
+                if len(chosen) == max_txs:
+                    break
+            elif len(over) < max_txs:
+                over.append(tx_hash)
+        # Room left (some signers wanted less than their share): the oldest of
+        # the rest, then back into admission order.
+        room = max_txs - len(chosen)
+        if not room or not over:
+            return [self._txs[h] for h in chosen]
+        wanted = set(chosen)
+        wanted.update(over[:room])
         out = []
-        for tx in self._txs.values():
-            if len(out) >= max_txs:
-                break
-            out.append(tx)
+        for tx_hash, tx in self._txs.items():
+            if tx_hash in wanted:
+                out.append(tx)
+                if len(out) == len(wanted):
+                    break
         return out
 
     def update(self, committed: list[Transaction], now_s: int) -> int:
@@ -146,3 +181,9 @@ class Mempool:
         if tx is not None:
             self._bytes -= len(tx.raw)
             del self._admitted_at[tx_hash]
+            waiting = self._waiting_by_signer
+            left = waiting[tx.signer] - 1
+            if left:
+                waiting[tx.signer] = left
+            else:
+                del waiting[tx.signer]
