@@ -279,11 +279,15 @@ class Peering:
             key = check_bytes(value[0], "key", 32)
         except DecodeError as exc:
             self.penalize(peer, f"bad signed_by request: {exc}")
-            return encode([0])
-        return encode([0 if engine is None else engine.highest_signed_by(key)])
+            return encode([])
+        if engine is None:
+            # Not following consensus yet: "nothing heard" would be a claim.
+            return encode([])
+        return encode([engine.highest_signed_by(key)])
 
     async def ask_signed_by(self, peer: bytes, key: bytes) -> int | None:
-        """`peer`'s answer to on_signed_by, or None if it gave none."""
+        """`peer`'s answer to on_signed_by, or None if it gave none (an empty
+        answer: it does not know)."""
         try:
             body = await self.network.request(
                 peer, MSG_SIGNED_BY, encode([key]), SIGNED_BY_TIMEOUT_S

@@ -42,6 +42,12 @@ SYNC_BEFORE_SIGNING_S = 120.0
 # How long a validator without a signer record waits for every other
 # validator to say how far it heard its key sign.
 SIGNED_BY_WAIT_S = 30.0
+# How far above its sync floor another validator's answer may place this key's
+# last signature (see find_safe_start_height).
+HEARD_CAP_MARGIN = 2
+# A chain younger than this many heartbeats may be new even if not every
+# validator has said so yet (one of them may be late to the launch).
+NEW_CHAIN_HEARTBEATS = 3
 DISCOVERY_LOG_S = 10.0
 EVIDENCE_TTL_S = 600
 # Recently refused transactions are remembered so `GET /v1/transactions/{hash}`
@@ -255,26 +261,35 @@ class Node:
         """The first height a validator without a signer record may sign.
 
         Silence proves nothing (this node may be alone after an outage), so it
-        waits until f+1 connected peers said where the chain is. Only when
-        they and this node are all at height 0 is the chain new. Otherwise it
-        syncs to the highest tip any of them claims: a claim is unsigned, but
-        the blocks come with certificates, and a peer that lost its own data
-        claims too little, never too much.
+        waits until f+1 connected peers said where the chain is. When they
+        and this node are all at height 0, the chain is new only if every
+        other validator says so or genesis is only a few heartbeats old
+        (chain_is_new). Otherwise it syncs to the highest tip any of them
+        claims (a claim is unsigned, but the blocks come with certificates),
+        and its floor is at least the tip f+1 of them agree on.
 
         Then it asks every other validator how far it heard this key sign: a
         message this node signed and sent before it lost its record reached
         them, and nothing it signed can conflict with what it signs above that.
-        It signs from the height after both the tip and the highest answer.
-        A validator that does not answer in time may hold such a message, so
-        then it keeps one more height of margin, as if it had signed at the
-        height after the tip.
+        It signs from the height after both the floor and the highest answer
+        (capped just above the floor: a higher one is a lie). A validator
+        that does not answer in time may hold such a message, so then it keeps
+        one more height of margin.
         """
         sync = self.peering.sync
-        n = len(self.app.validators(self.store.height + 1))
-        agree = (n - 1) // 3 + 1
+        me = self.engine.signer.public_key
+        validators = self.app.validators(self.store.height + 1)
+        others = [key for key in validators if key != me]
+        agree = (len(validators) - 1) // 3 + 1
         loop = asyncio.get_running_loop()
         since = loop.time()
-        while sync.known_tips() < agree:
+        while True:
+            if sync.known_tips() >= agree:
+                if sync.best_tip() > 0 or self.store.height > 0:
+                    break
+                if self.chain_is_new(others):
+                    log.info("no signer record yet on a new chain; signing from 1")
+                    return None
             if loop.time() - since > DISCOVERY_LOG_S:
                 log.info(
                     "no signer record; waiting for peers heard=%d needed=%d",
@@ -283,25 +298,42 @@ class Node:
                 )
                 since = loop.time()
             await asyncio.sleep(0.2)
-        tip = sync.best_tip()
-        if tip == 0 and self.store.height == 0:
-            log.info("no signer record yet on a new chain; signing from height 1")
-            return None
+
+        # Sync: to the highest tip claimed (a liar only makes this wait run
+        # out), and at least to the tip f+1 peers agree on (liars cannot
+        # raise it), which is the floor whatever the sync reached.
         deadline = loop.time() + SYNC_BEFORE_SIGNING_S
         while self.store.height < sync.best_tip() and loop.time() < deadline:
             await asyncio.sleep(0.1)
-        tip = self.store.height
+        floor = max(self.store.height, sync.agreed_tip(agree))
         heard, answered = await self.ask_where_we_signed()
+        # An answer is an unsigned claim: this key signed nothing above the
+        # chain's tip plus one, so a higher answer is a lie that would keep it
+        # from ever signing again; it is capped just above the floor.
+        heard = min(heard, floor + HEARD_CAP_MARGIN)
         margin = 1 if answered else 2
-        start = max(tip, heard) + margin
+        start = max(floor, heard) + margin
         log.info(
-            "signer record missing tip=%d sign_from=%d heard=%d all_answered=%s",
-            tip,
+            "signer record missing tip=%d sign_from=%d floor=%d heard=%d "
+            "all_answered=%s",
+            self.store.height,
             start,
+            floor,
             heard,
             answered,
         )
         return start
+
+    def chain_is_new(self, others: list[bytes]) -> bool:
+        """With every peer that spoke at height 0: new only if every other
+        validator says so, or the chain is younger than a few heartbeats.
+        Validators that lost their data also say 0, so f+1 zeros could be a
+        quorum of wiped validators about to fork a live chain."""
+        tips = self.peering.sync.peer_tips
+        if all(tips.get(key) == 0 for key in others):
+            return True
+        age_ms = self.clock() - self.genesis.genesis_time_ms
+        return age_ms < NEW_CHAIN_HEARTBEATS * self.config.consensus.heartbeat_ms
 
     async def ask_where_we_signed(self) -> tuple[int, bool]:
         """The highest height the other validators heard this key sign, and

@@ -122,3 +122,41 @@ async def test_gossip_of_forged_transactions_penalises_the_sender():
     await peering.on_txs(LIAR, encode([raw]))
     assert submitted == [raw]
     assert penalties, "a peer relaying forged transactions should be penalised"
+
+
+# --- a validator that lost its signer record ----------------------------------------
+
+
+def node_asking(tips: dict[bytes, int], age_ms: int, heartbeat_ms: int = 2000):
+    """Just enough of a Node for chain_is_new: peers' tips, clock, genesis."""
+    from node.service import Node
+
+    fake = SimpleNamespace(
+        peering=SimpleNamespace(sync=SimpleNamespace(peer_tips=tips)),
+        clock=lambda: 1_000_000 + age_ms,
+        genesis=SimpleNamespace(genesis_time_ms=1_000_000),
+        config=SimpleNamespace(consensus=SimpleNamespace(heartbeat_ms=heartbeat_ms)),
+    )
+    return lambda others: Node.chain_is_new(fake, others)
+
+
+def test_zeros_from_f_plus_one_wiped_validators_do_not_make_an_old_chain_new():
+    v2, v3, v4 = b"\x02" * 32, b"\x03" * 32, b"\x04" * 32
+    # v2 and v3 lost their data too and say 0; v4, the only one with the
+    # chain, has not spoken yet. Signing from height 1 would fork.
+    is_new = node_asking({v2: 0, v3: 0}, age_ms=3_600_000)
+    assert not is_new([v2, v3, v4])
+    # Once every other validator says 0, the chain is new.
+    is_new = node_asking({v2: 0, v3: 0, v4: 0}, age_ms=3_600_000)
+    assert is_new([v2, v3, v4])
+
+
+def test_a_young_chain_may_start_before_every_validator_spoke():
+    v2, v3, v4 = b"\x02" * 32, b"\x03" * 32, b"\x04" * 32
+    assert node_asking({v2: 0, v3: 0}, age_ms=1_000)([v2, v3, v4])
+
+
+async def test_signed_by_is_not_answered_before_consensus_runs():
+    peering, _ = bare_peering(None)
+    answer = await peering.on_signed_by(HONEST, encode([b"\x05" * 32]))
+    assert answer == encode([])  # "unknown", never "heard nothing"
