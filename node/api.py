@@ -42,6 +42,7 @@ from node.api_middleware import (
     Handler,
     add_cors_headers,
     body_limit,
+    body_read,
     cors_preflight,
     expect_continue,
     observe,
@@ -113,6 +114,7 @@ async def read_body(request: web.Request) -> tuple[str, bytes]:
         # report every broken chunk to the reader, so such a body just stops).
         # Nobody is left to answer; the refusal is for the log only.
         raise ApiError("bad_request", "the connection was lost", close=True) from None
+    body_read(request, body)
     if not body:
         raise ApiError("empty_body", "the request body is empty")
     return form, body

@@ -221,8 +221,14 @@ class BodyBudget:
 
 
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+# Bytes of the budget this request holds (its reservation, then its body).
+BODY_HELD = web.RequestKey("body_held", int)
 # Bodies held at once, in multiples of api.max_body_bytes.
-BODIES_IN_FLIGHT = 2
+BODIES_IN_FLIGHT = 4
+# Only these methods have bodies the API reads; any other request's body is
+# never read, so it holds nothing (a stream opened with a body must not hold
+# a reservation for as long as it runs).
+BODY_METHODS = frozenset({"POST"})
 # A body must have arrived this long after its request began, or the
 # connection is dropped: a client trickling a byte at a time would otherwise
 # hold its share of the budget for as long as it likes.
@@ -235,7 +241,7 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     declared = request.content_length
     if declared is not None and declared > limit:
         raise too_large(declared, limit)
-    if not request.body_exists:
+    if not request.body_exists or request.method not in BODY_METHODS:
         return await handler(request)
     size = limit if declared is None else declared
     budget = request.app[BODY_BUDGET]
@@ -243,6 +249,7 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
         detail = f"the node is reading {budget.used} bytes of bodies; retry shortly"
         retry = {"Retry-After": str(RETRY_AFTER_S)}
         raise ApiError("server_busy", detail, headers=retry, close=True)
+    request[BODY_HELD] = size
     deadline = asyncio.get_running_loop().call_later(
         BODY_READ_S, drop_if_body_pending, request
     )
@@ -250,7 +257,17 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
         return await handler(request)
     finally:
         deadline.cancel()
-        budget.release(size)
+        budget.release(request.pop(BODY_HELD))
+
+
+def body_read(request: web.Request, body: bytes) -> None:
+    """The body is in: from now on the request holds its size, not its
+    reservation (a chunked one reserved the whole limit, and a submission
+    that waits for finality may run for a minute)."""
+    held = request.get(BODY_HELD)
+    if held is not None and len(body) < held:
+        request.app[BODY_BUDGET].release(held - len(body))
+        request[BODY_HELD] = len(body)
 
 
 def drop_if_body_pending(request: web.Request) -> None:

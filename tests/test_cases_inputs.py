@@ -514,9 +514,9 @@ def test_c16_huge_bodies_are_refused_fast_at_bounded_memory(cluster):
 
 async def test_c16_bodies_held_at_once_are_bounded_node_wide(tmp_path, monkeypatch):
     """Chunked uploads that stall under the per-request limit hold their share
-    of the node-wide budget (twice the limit); one more is refused at once
-    with 503 and Retry-After; the stalled ones are dropped when their bodies
-    are overdue, and the budget is free again."""
+    of the node-wide budget (BODIES_IN_FLIGHT times the limit); one more is
+    refused at once with 503 and Retry-After; the stalled ones are dropped
+    when their bodies are overdue, and the budget is free again."""
     monkeypatch.setattr(api_middleware, "BODY_READ_S", 1.5)
     async with running_node(tmp_path, api={"max_body_bytes": 4096}) as h:
         port = h.node.api_port
@@ -524,7 +524,7 @@ async def test_c16_bodies_held_at_once_are_bounded_node_wide(tmp_path, monkeypat
             asyncio.create_task(
                 upload(port, 2048, declared=None, pause_s=3.0, chunk=b" " * 1024)
             )
-            for _ in range(2)
+            for _ in range(api_middleware.BODIES_IN_FLIGHT)
         ]
         await asyncio.sleep(0.5)
 
@@ -540,6 +540,40 @@ async def test_c16_bodies_held_at_once_are_bounded_node_wide(tmp_path, monkeypat
             assert seen.status is None and seen.answered_at is not None, seen
         reply = await h.submit(h.award(C1, 100))
         assert reply.status == 202, reply.body[:200]
+        assert budget_of(h).used == 0
+
+
+async def test_c16_a_body_once_read_holds_only_its_size(tmp_path):
+    """A chunked submission reserves the whole limit until its body is in, then
+    only the body's size, however long it then waits for finality; a request
+    whose body the API never reads (a stream) holds nothing."""
+    async with running_node(tmp_path) as h:
+        budget = budget_of(h)
+        waiting = asyncio.create_task(
+            h.call(
+                "POST",
+                "/v1/transactions?wait=true&timeout=2",
+                data=chunked(json.dumps({"tx": h.award(C1, 100).hex()}).encode()),
+                headers={"Content-Type": "application/json"},
+            )
+        )
+        await asyncio.sleep(0.5)  # admitted, waiting for a block
+        assert 0 < budget.used < 4096, budget.used
+        reply = await waiting
+        assert reply.status == 202, reply.body[:200]
+        assert budget.used == 0
+
+
+def budget_of(h: Harness):
+    return h.node.api_runner.app[api_middleware.BODY_BUDGET]
+
+
+async def chunked_body(data: bytes):
+    yield data
+
+
+def chunked(data: bytes):
+    return chunked_body(data)
 
 
 # --- C12: a mempool flood ------------------------------------------------------------
