@@ -22,7 +22,7 @@ from collections.abc import Callable
 from node.events import CommittedBlock, EventBus
 from node.indexer import Indexer
 from node.mempool import Mempool
-from state.block import Block
+from state.block import MAX_BLOCK_BYTES, Block
 from state.execute import BlockResult, Executor, InvalidBlock
 from state.store import Store
 
@@ -31,6 +31,9 @@ log = logging.getLogger("node.app")
 # Results of blocks executed but not yet committed, kept by hash. More than a
 # handful means rounds are failing; the oldest are dropped.
 MAX_PENDING_RESULTS = 16
+# What the block builder fits into a block (state.execute keeps 1 KiB for the
+# rest of the encoding); the mempool reaps within it.
+BLOCK_TX_BYTES = MAX_BLOCK_BYTES - 1024
 
 
 class LedgerApp:
@@ -85,7 +88,7 @@ class LedgerApp:
         time_ms = max(time_ms, self.store.time_ms + 1)
         started = time.perf_counter()
         block, result = self.executor.build_block(
-            time_ms, proposer, self.mempool.reap(self.max_block_txs)
+            time_ms, proposer, self.mempool.reap(self.max_block_txs, BLOCK_TX_BYTES)
         )
         for tx, code, detail in result.dropped:
             self.mempool.remove(tx.hash)

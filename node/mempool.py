@@ -7,10 +7,14 @@ not verify it again. The pool is bounded by count and by bytes; when full it
 refuses (the API answers 503 with Retry-After) instead of growing.
 
 Order is first come, first served, with one limit: when more is waiting than
-a block holds, no signer takes more than its fair share of the block (the
-block size over the number of signers waiting) while others wait, so one
-account's flood of valid transactions delays others by a block, not by the
-length of its queue. A block keeps the admission order of what it takes.
+a block holds, no signer takes more than its fair share of the block (its
+count and its bytes over the number of signers waiting) while others wait,
+so one account's flood of valid transactions delays others by a block, not
+by the length of its queue. A block keeps the admission order of what it
+takes. The price: a transaction that depends on an earlier one of another
+signer (a redemption of coins an award is about to credit) may be placed
+before it when that signer is over its share, and then fails; a client
+waits for the earlier one to be final, as the API's wait option allows.
 After each commit the committed transactions leave the pool and the rest are
 rechecked for expiry.
 """
@@ -126,34 +130,43 @@ class Mempool:
 
     # --- block production ---
 
-    def reap(self, max_txs: int) -> list[Transaction]:
-        """Up to `max_txs` waiting transactions for a block, in admission order,
-        left in the pool until commit; no signer beyond its fair share while
+    def reap(self, max_txs: int, max_bytes: int) -> list[Transaction]:
+        """Transactions for a block, at most `max_txs` and `max_bytes` (each
+        counted with its 3 bytes of framing), in admission order, left in the
+        pool until commit; no signer beyond its fair share of either while
         others wait (see the module docstring)."""
-        if len(self._txs) <= max_txs:
+        if len(self._txs) <= max_txs and self._bytes + 3 * len(self._txs) <= max_bytes:
             return list(self._txs.values())
-        share = max(1, max_txs // len(self._waiting_by_signer))
-        taken: dict[bytes, int] = {}
-        chosen: list[bytes] = []
-        over: list[bytes] = []
-        # One pass in admission order: each signer's first `share`, and the
-        # rest of its transactions noted for the second pass.
+        signers = len(self._waiting_by_signer)
+        share_txs = max(1, max_txs // signers)
+        share_bytes = max_bytes // signers
+        taken: dict[bytes, tuple[int, int]] = {}
+        wanted: set[bytes] = set()
+        over: list[Transaction] = []
+        total_bytes = 0
+        # One pass in admission order: each signer's first share, and the
+        # rest noted for the second pass.
         for tx_hash, tx in self._txs.items():
-            count = taken.get(tx.signer, 0)
-            if count < share:
-                taken[tx.signer] = count + 1
-                chosen.append(tx_hash)
-                if len(chosen) == max_txs:
+            size = len(tx.raw) + 3
+            count, held = taken.get(tx.signer, (0, 0))
+            if count < share_txs and held + size <= share_bytes:
+                if total_bytes + size > max_bytes:
+                    break
+                taken[tx.signer] = (count + 1, held + size)
+                wanted.add(tx_hash)
+                total_bytes += size
+                if len(wanted) == max_txs:
                     break
             elif len(over) < max_txs:
-                over.append(tx_hash)
+                over.append(tx)
         # Room left (some signers wanted less than their share): the oldest of
-        # the rest, then back into admission order.
-        room = max_txs - len(chosen)
-        if not room or not over:
-            return [self._txs[h] for h in chosen]
-        wanted = set(chosen)
-        wanted.update(over[:room])
+        # the rest, then all back into admission order.
+        for tx in over:
+            size = len(tx.raw) + 3
+            if len(wanted) == max_txs or total_bytes + size > max_bytes:
+                break
+            wanted.add(tx.hash)
+            total_bytes += size
         out = []
         for tx_hash, tx in self._txs.items():
             if tx_hash in wanted:

@@ -15,6 +15,7 @@ from state.tx import SignatureCache
 
 CHAIN = "perk-mempool-test-1"
 NOW = int(time.time())
+BYTES = 4 << 20
 
 
 def pool() -> Mempool:
@@ -43,14 +44,14 @@ def test_a_pool_that_fits_in_a_block_is_taken_whole_in_order():
     a, b = Keypair.generate(), Keypair.generate()
     txs = transfers(a, 5, "a") + transfers(b, 3, "b")
     admit_all(mempool, txs)
-    assert mempool.reap(10) == txs
+    assert mempool.reap(10, BYTES) == txs
 
 
 def test_one_signer_alone_is_first_come_first_served():
     mempool = pool()
     txs = transfers(Keypair.generate(), 30, "solo")
     admit_all(mempool, txs)
-    assert mempool.reap(10) == txs[:10]
+    assert mempool.reap(10, BYTES) == txs[:10]
 
 
 def test_a_flood_leaves_room_for_a_latecomer():
@@ -60,7 +61,7 @@ def test_a_flood_leaves_room_for_a_latecomer():
     late = transfers(Keypair.generate(), 1, "late")
     admit_all(mempool, flood + late)
 
-    block = mempool.reap(100)
+    block = mempool.reap(100, BYTES)
 
     assert late[0] in block  # after 600 others, yet in the next block
     assert len(block) == 100
@@ -80,8 +81,22 @@ def test_committed_transactions_free_their_signers_share():
     a, b = Keypair.generate(), Keypair.generate()
     txs_a, txs_b = transfers(a, 50, "a"), transfers(b, 50, "b")
     admit_all(mempool, txs_a + txs_b)
-    first = mempool.reap(40)
+    first = mempool.reap(40, BYTES)
     assert sum(tx.signer == b.public_key for tx in first) == 20
     mempool.update(first, NOW)
     mempool.update(txs_a, NOW)  # a's all committed: b alone waits now
-    assert mempool.reap(40) == txs_b[20:60]
+    assert mempool.reap(40, BYTES) == txs_b[20:60]
+
+
+def test_a_flood_of_large_transactions_leaves_room_by_bytes():
+    # Few but large: the block fills by bytes long before its count, and the
+    # latecomer's share is of the bytes too.
+    mempool = pool()
+    flood = transfers(Keypair.generate(), 400, "x" * 100)
+    late = transfers(Keypair.generate(), 1, "late")
+    admit_all(mempool, flood + late)
+    size = len(flood[0].raw) + 3
+    block = mempool.reap(1000, 100 * size)
+    assert late[0] in block
+    assert sum(len(tx.raw) + 3 for tx in block) <= 100 * size
+    assert len(block) == 100  # the latecomer's unused bytes went to the flood
