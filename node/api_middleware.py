@@ -50,8 +50,11 @@ async def send_problem(request: web.Request, error: ApiError) -> web.StreamRespo
         response.force_close()
     elif error.close or unread:
         response.force_close()
-        await response.prepare(request)
-        await response.write_eof()
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            return response  # the client left meanwhile; nobody to answer
         # Half-close rather than close: closing a socket with unread input
         # resets the connection, and a reset can destroy the answer before
         # the client (still sending its body) reads it. So the answer and a

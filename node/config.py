@@ -29,6 +29,12 @@ from typing import Any
 
 import tomli_w
 
+from consensus.messages import MAX_COMMIT_MESSAGE_BYTES
+
+# A commit message (the largest that must fit a frame) and the frame's own
+# header and message-type envelope.
+MIN_FRAME_BYTES = MAX_COMMIT_MESSAGE_BYTES + 64
+
 CONFIG_FILE = "config.toml"
 GENESIS_FILE = "genesis.json"
 NODE_KEY_FILE = "node_key.pem"
@@ -278,6 +284,13 @@ def validate(config: Config) -> None:
         raise ConfigError("[api] max_body_bytes must be at least 1024")
     if config.mempool.max_txs < 1 or config.mempool.max_bytes < 1024:
         raise ConfigError("[mempool] limits must be positive")
+    if config.p2p.max_frame_bytes < MIN_FRAME_BYTES:
+        # Smaller, and a full block with its certificate could never be sent
+        # or synced: the node would stall at the first full block.
+        raise ConfigError(
+            f"[p2p] max_frame_bytes must be at least {MIN_FRAME_BYTES} "
+            "(a full block with its commit certificate)"
+        )
     c = config.consensus
     if c.block_interval_ms < 1 or c.timeout_cap_ms < c.timeout_propose_ms:
         raise ConfigError("[consensus] intervals must be positive, cap >= timeouts")

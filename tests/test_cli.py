@@ -218,3 +218,14 @@ def test_bench_ledger_json(tmp_path):
     assert report["benchmark"] == "ledger"
     assert report["transactions"] == 200
     assert report["state_root_matches"] is True
+
+
+def test_a_frame_limit_too_small_for_a_full_block_is_refused(tmp_path):
+    from node.config import MIN_FRAME_BYTES, ConfigError, validate
+
+    home = tmp_path / "home"
+    perk_json("init", "--home", str(home))
+    config = load_config(home)
+    config.p2p.max_frame_bytes = MIN_FRAME_BYTES - 1
+    with pytest.raises(ConfigError, match="max_frame_bytes"):
+        validate(config)
