@@ -103,7 +103,7 @@ class Mempool:
             return Admission(self._txs[tx.hash], added=False)
         check_stateless(tx, self.store.chain_id, self.signatures)
         check_expiry(tx, now_s)
-        if self.store.is_committed(tx.hash):
+        if self.store.is_replay(tx.hash, now_s):
             raise TxRejected(Code.DUPLICATE_TX, "transaction is already committed")
         if len(self._txs) >= self.max_txs or self._bytes + len(tx.raw) > self.max_bytes:
             raise MempoolFull(

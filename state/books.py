@@ -17,7 +17,6 @@ from state.records import (
     KEY_CAMPAIGNS,
     KEY_RULES,
     Account,
-    Entry,
     Merchant,
     Refused,
     StateView,
@@ -128,7 +127,7 @@ class Books:
 
     def index_expiry(self, key: bytes, expires_at: int) -> None:
         if expires_at:
-            self.view.put(expiry_key(expires_at, key), Entry([1]))
+            self.view.put_index(expiry_key(expires_at, key), b"")
 
     def expiry_for(self, available_s: int) -> int:
         rules = self.rules

@@ -107,7 +107,9 @@ class Executor:
         """Raise TxRejected unless `tx` may enter a block at time now_s."""
         check_stateless(tx, self.store.chain_id, self.signatures)
         check_expiry(tx, now_s)
-        if (seen is not None and tx.hash in seen) or self.store.is_committed(tx.hash):
+        if (seen is not None and tx.hash in seen) or self.store.is_replay(
+            tx.hash, now_s
+        ):
             raise TxRejected(Code.DUPLICATE_TX, "transaction was already included")
 
     # --- the two paths ---

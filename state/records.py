@@ -43,7 +43,11 @@ KEY_RULES = b"sl"  # program rules; absent means the genesis rules
 KEY_CAMPAIGNS = b"sc"  # the campaigns not yet ended
 KEY_PROPOSALS = b"sg"  # open program-change proposals
 PREFIX_CAMPAIGN_USE = b"sk"  # + customer + campaign id: [coins]
-PREFIX_EXPIRY = b"sx"  # + expires_at (8) + account: [1]
+# The expiry index is not state: it is a function of the accounts' lots, which
+# the root covers, so it is written blind (never read back during a block)
+# outside the root's namespace. Whatever it makes the ledger do to an account
+# still shows in the root.
+PREFIX_EXPIRY = b"x"  # + expires_at (8) + account: b""
 PREFIX_MATRIX = b"sr"  # + redeemer + issuer: [coins]
 PREFIX_DAY = b"sd"  # + merchant + day (4): per-day counters
 PREFIX_ENGAGEMENT = b"sn"  # + awarder + reference: [customer, kind, coins]
@@ -458,6 +462,9 @@ class StateView:
         self._records: dict[bytes, object] = {}
         self._original: dict[bytes, bytes | None] = {}
         self._dirty: set[bytes] = set()
+        # Entries of indexes outside the state (the expiry index): written with
+        # the block, never read through this view, not in the root.
+        self._index: dict[bytes, bytes | None] = {}
 
     def _load(self, key: bytes, record_type):
         if key in self._records:
@@ -504,6 +511,10 @@ class StateView:
         """The program rules record; None until a change first writes it."""
         return self._load(KEY_RULES, Rules)
 
+    def put_index(self, key: bytes, value: bytes | None) -> None:
+        """Write (or with None, delete) an index entry that is not state."""
+        self._index[key] = value
+
     def put_day(self, merchant: bytes, day: int, counters: DayCounters) -> None:
         self.put(day_key(merchant, day), counters)
 
@@ -513,7 +524,8 @@ class StateView:
         return found if found is not None else Entry(None)
 
     def finish(self, acc: Accumulator) -> dict[bytes, bytes | None]:
-        """Encode changed records, fold them into `acc`, return the writes.
+        """Encode changed records, fold them into `acc`, return the writes
+        (index entries included, which are not folded into `acc`).
 
         Keys are visited in sorted order so the work is the same on every node.
         """
@@ -533,4 +545,5 @@ class StateView:
                     added.append((key, new))
                 writes[key] = new
         acc.update(added, removed)
+        writes.update(self._index)
         return writes

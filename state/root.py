@@ -27,11 +27,16 @@ _ELEMENT_DOMAIN = b"perkchain/state-entry/v1\x00"
 _ROOT_DOMAIN = b"perkchain/state-root/v1\x00"
 
 
+# The domain tag and framed key length of every key length in use.
+_PREFIXES: dict[int, bytes] = {}
+
+
 def element(key: bytes, value: bytes) -> int:
     """The group element of one (key, value) pair; the key length is framed."""
-    digest = hashlib.shake_256(
-        _ELEMENT_DOMAIN + len(key).to_bytes(2, "big") + key + value
-    ).digest(ACC_BYTES)
+    prefix = _PREFIXES.get(len(key))
+    if prefix is None:
+        prefix = _PREFIXES[len(key)] = _ELEMENT_DOMAIN + len(key).to_bytes(2, "big")
+    digest = hashlib.shake_256(prefix + key + value).digest(ACC_BYTES)
     return int.from_bytes(digest, "little")
 
 

@@ -146,7 +146,7 @@ class SpendingRules(Books):
         stop = PREFIX_EXPIRY + (self.now_s + 1).to_bytes(8, "big")
         for key in list(scan(PREFIX_EXPIRY, stop)):
             self.expire_account(key[len(PREFIX_EXPIRY) + 8 :])
-            self.view.put(key, Entry(None))
+            self.view.put_index(key, None)
 
     def expire_account(self, key: bytes) -> None:
         account = self.view.account(key)

@@ -10,6 +10,7 @@ Key layout, by first byte:
     h + account + height + index + event
                               [tx_hash, event, delta]: per-account history
     m + name                  chain metadata: height, hash, time, accumulator ...
+    x + expires_at + account  the expiry index (state.records), not state
 
 Heights, indexes and times are fixed-width big-endian so iteration is in order.
 
@@ -37,7 +38,9 @@ from state.ledger import (
     merchant_key,
     past_validator_key,
 )
+from state.recent import RecentTxs
 from state.root import Accumulator
+from state.tx import MAX_TTL_S
 
 if TYPE_CHECKING:
     from state.block import Block
@@ -49,6 +52,10 @@ _META_TIME = b"mtime"
 _META_ACC = b"macc"
 _META_CHAIN = b"mchain"
 _META_GENESIS = b"mgenesis"
+
+
+# The last byte of a history key: the event's place in its receipt.
+_EVENT_NUMBER = [bytes([n]) for n in range(256)]
 
 
 class StoreError(Exception):
@@ -105,6 +112,11 @@ class Store:
         self.accumulator = Accumulator.from_bytes(self.db.get(_META_ACC))
         self.validators = decode(self.db.get(KEY_VALIDATORS), 1 << 20)
         self.validators_hash = validators_hash(self.validators)
+        # Nothing committed before this start is in memory: until MAX_TTL_S
+        # past the tip, the replay check reads the transaction index.
+        self.recent = RecentTxs(
+            0 if self.height == 0 else self.time_ms // 1000 + MAX_TTL_S
+        )
 
     @property
     def state_root(self) -> bytes:
@@ -154,6 +166,13 @@ class Store:
         """
         return self.db.get(b"t" + tx_hash) is not None
 
+    def is_replay(self, tx_hash: bytes, now_s: int) -> bool:
+        """is_committed for a transaction the caller found not expired at
+        now_s: from memory when the recent window covers now_s (state.recent)."""
+        if self.recent.covers(now_s):
+            return tx_hash in self.recent
+        return self.is_committed(tx_hash)
+
     # --- commit ---
 
     def commit_block(self, block: Block, commit: bytes, result: BlockResult) -> None:
@@ -164,23 +183,25 @@ class Store:
         hb = h8(height)
 
         with self.db.write_batch(transaction=True, sync=True) as batch:
+            put = batch.put
             for key, value in result.state_writes.items():
                 if value is None:
                     batch.delete(key)
                 else:
-                    batch.put(key, value)
+                    put(key, value)
 
-            batch.put(b"b" + hb, block.encode())
-            batch.put(b"c" + hb, commit)
-            batch.put(b"r" + hb, result.receipts_bytes)
+            put(b"b" + hb, block.encode())
+            put(b"c" + hb, commit)
+            put(b"r" + hb, result.receipts_bytes)
             for index, (tx, receipt) in enumerate(
                 zip(result.txs, result.receipts, strict=True)
             ):
                 position = hb + index.to_bytes(4, "big")
-                batch.put(b"t" + tx.hash, position)
+                tx_hash = tx.hash
+                put(b"t" + tx_hash, position)
                 for n, (name, account, delta) in enumerate(receipt.events):
-                    key = b"h" + account + position + bytes([n])
-                    batch.put(key, encode([tx.hash, name, delta]))
+                    key = b"h" + account + position + _EVENT_NUMBER[n]
+                    put(key, encode([tx_hash, name, delta]))
 
             batch.put(_META_HEIGHT, hb)
             batch.put(_META_HASH, block.hash)
@@ -191,6 +212,7 @@ class Store:
         self.block_hash = block.hash
         self.time_ms = block.header.time_ms
         self.accumulator = result.accumulator
+        self.recent.add(block.header.time_s, [tx.hash for tx in result.txs])
         if KEY_VALIDATORS in result.state_writes:
             self.validators = decode(result.state_writes[KEY_VALIDATORS], 1 << 20)
             self.validators_hash = validators_hash(self.validators)

@@ -476,11 +476,17 @@ def decode_tx(raw: bytes) -> Transaction:
     )
 
 
+# Kinds whose payload carries an amount, and those that carry a rate and cap.
+_AMOUNT_KINDS = frozenset(
+    (Kind.AWARD_PURCHASE, Kind.REDEEM, Kind.TRANSFER, Kind.REFUND_PURCHASE)
+)
+_RATE_KINDS = frozenset((Kind.REGISTER_MERCHANT, Kind.UPDATE_MERCHANT))
+
+
 def check_amounts(tx: Transaction) -> None:
     """Refuse amounts and rates outside their stated ranges (AMOUNT_OUT_OF_RANGE)."""
     p = tx.payload
-    if tx.kind in (Kind.AWARD_PURCHASE, Kind.REDEEM, Kind.TRANSFER,
-                   Kind.REFUND_PURCHASE):  # fmt: skip
+    if tx.kind in _AMOUNT_KINDS:
         if not 1 <= p.amount <= MAX_AMOUNT:
             raise TxRejected(
                 Code.AMOUNT_OUT_OF_RANGE,
@@ -491,7 +497,7 @@ def check_amounts(tx: Transaction) -> None:
                 Code.AMOUNT_OUT_OF_RANGE,
                 f"paid_with_coins {p.paid_with_coins} is outside 0..{p.amount}",
             )
-    elif tx.kind in (Kind.REGISTER_MERCHANT, Kind.UPDATE_MERCHANT):
+    elif tx.kind in _RATE_KINDS:
         if not 0 <= p.rate <= MAX_RATE:
             raise TxRejected(
                 Code.AMOUNT_OUT_OF_RANGE, f"rate {p.rate} is outside 0..{MAX_RATE}"

@@ -19,7 +19,7 @@ BYTES = 4 << 20
 
 
 def pool() -> Mempool:
-    store = SimpleNamespace(chain_id=CHAIN, is_committed=lambda tx_hash: False)
+    store = SimpleNamespace(chain_id=CHAIN, is_replay=lambda tx_hash, now_s: False)
     return Mempool(store, SignatureCache(), max_txs=100_000, max_bytes=64 << 20)
 
 

@@ -8,7 +8,7 @@ import pytest
 from state.calendar import civil_from_days, days_from_civil, program_day
 from state.changes import ChangeAction
 from state.codes import Code
-from state.records import COMPANY
+from state.records import COMPANY, PREFIX_EXPIRY
 from state.settlement import settlement
 from tests.state_helpers import C1, C2, DAY_S, GENESIS_S, M1, M2, b
 from tests.test_state_loyalty_support import (
@@ -163,7 +163,7 @@ def test_coins_expire_at_the_exact_second_and_are_counted(tmp_path) -> None:
     assert sorted(result.expirations) == sorted(
         [(C1.public_key, M1.public_key, 90), (C1.public_key, M2.public_key, 150)]
     )
-    assert not [k for k, _ in chain.store.state_items() if k.startswith(b"sx")]
+    assert not list(chain.store.db.iterator(prefix=PREFIX_EXPIRY))
     chain.close()
 
 
