@@ -394,7 +394,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=positive_int, default=1000, metavar="B")
     p.set_defaults(handler=bench_ledger)
     for name, validators, auditors, default_txs, text in (
-        ("node", 1, 0, 20_000, "one validator process, load over HTTP"),
+        ("node", 1, 0, 60_000, "one validator process, load over HTTP"),
         ("devnet", 4, 1, 20_000, "four validators and an auditor, load over HTTP"),
     ):
         p = sub.add_parser(name, help=text, parents=[json_parent()])

@@ -172,11 +172,18 @@ StateRead = Callable[[bytes], bytes | None]
 
 
 class _Writes:
-    """Index entries of one block (or catch-up batch), read through to the db."""
+    """Index entries of one block (or catch-up batch), read through to the db.
+
+    Entries updated many times a block (a customer's tier, a merchant's day)
+    are kept decoded as records and encoded once, by `flush`; their keys are
+    read only through `record`.
+    """
 
     def __init__(self, db) -> None:
         self.db = db
         self.entries: dict[bytes, bytes] = {}
+        self._records: dict[bytes, list | None] = {}
+        self._changed: set[bytes] = set()
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.entries:
@@ -185,6 +192,21 @@ class _Writes:
 
     def put(self, key: bytes, value: bytes) -> None:
         self.entries[key] = value
+
+    def record(self, key: bytes) -> list | None:
+        if key not in self._records:
+            raw = self.get(key)
+            self._records[key] = None if raw is None else _unpack(raw)
+        return self._records[key]
+
+    def put_record(self, key: bytes, value: list) -> None:
+        self._records[key] = value
+        self._changed.add(key)
+
+    def flush(self) -> None:
+        for key in self._changed:
+            self.entries[key] = encode(self._records[key])
+        self._changed.clear()
 
 
 class Indexer:
@@ -349,6 +371,7 @@ class Indexer:
             writes.put(day_key_of(today), encode(day.to_wire()))
         writes.put(KEY_TOTALS, encode(totals.to_wire()))
         writes.put(KEY_HEIGHT, encode([block.height]))
+        writes.flush()
 
     def _seen(
         self, writes: _Writes, today: int, account: bytes, day: Day, totals: Totals
@@ -359,8 +382,8 @@ class Indexer:
             writes.put(active, b"")
             day.values["active_customers"] += 1
         customer = PREFIX_CUSTOMER + account
-        if writes.get(customer) is None:
-            writes.put(customer, encode([0]))
+        if writes.record(customer) is None:
+            writes.put_record(customer, [0])
             day.values["new_customers"] += 1
             totals.values["customers"] += 1
             _bump(totals.tiers, 0, 1)
@@ -372,18 +395,17 @@ class Indexer:
         raw = state_after(account_key(account))
         tier = 0 if raw is None else Account.from_wire(_unpack(raw)).tier
         key = PREFIX_CUSTOMER + account
-        old = _unpack(writes.get(key))[0]
+        old = writes.record(key)[0]
         if tier != old:
             _bump(totals.tiers, old, -1)
             _bump(totals.tiers, tier, 1)
-            writes.put(key, encode([tier]))
+            writes.put_record(key, [tier])
 
     @staticmethod
     def _merchant_day(writes: _Writes, today: int, merchant: bytes, coins: int) -> None:
         key = PREFIX_MERCHANT_DAY + day_bytes(today) + merchant
-        raw = writes.get(key)
-        issued, awards = (0, 0) if raw is None else _unpack(raw)
-        writes.put(key, encode([issued + coins, awards + 1]))
+        issued, awards = writes.record(key) or (0, 0)
+        writes.put_record(key, [issued + coins, awards + 1])
 
     @staticmethod
     def _lots(redemption: bytes, state_after: StateRead) -> list[list]:

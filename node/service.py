@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from node.app import LedgerApp
@@ -22,6 +21,7 @@ from node.config import Config, check_devnet_only
 from node.events import EventBus
 from node.mempool import Admission, Mempool, MempoolFull
 from node.metrics import Metrics
+from node.verify import verify_into_cache
 from state.block import Receipt, decode_receipts
 from state.codes import Code
 from state.execute import Executor
@@ -31,10 +31,6 @@ from state.tx import SignatureCache, Transaction, TxRejected
 
 log = logging.getLogger("node")
 
-# Signature checks of a batch run in this many threads; libsodium releases the
-# GIL, so two threads use both cores of a small machine.
-VERIFY_THREADS = 2
-VERIFY_CHUNK = 256
 # A validator without a signer record waits at most this long to sync to the
 # tip its peers report before it joins consensus, and says every so often
 # that it is still waiting to hear from them.
@@ -97,7 +93,6 @@ class Node:
         self.started = False
         # Devnet-only controls never run on a real chain, however constructed.
         check_devnet_only(config, genesis)
-        self._verify_pool = ThreadPoolExecutor(VERIFY_THREADS, "verify")
         self._clock = make_clock(config)
         self._rejections: dict[bytes, tuple[Code, str]] = {}
 
@@ -169,7 +164,6 @@ class Node:
             self.peering = None
             self.network = None
         self.events.close()
-        self._verify_pool.shutdown(wait=True)
         if self.store is not None:
             self.store.close()
         self.started = False
@@ -384,21 +378,11 @@ class Node:
                 # this list (a cycle) and every raw transaction of the batch.
                 results[i] = exc.with_traceback(None)
 
-        # Verify signatures off the event loop, in parallel; the cache then holds
-        # every one that verified, and admission below only looks it up.
+        # Verify signatures in worker processes (node.verify), in parallel with
+        # whatever the event loop runs meanwhile; the cache then holds every
+        # one that verified, and admission below only looks it up.
         unverified = [tx for _, tx in decoded if tx.hash not in self.signatures]
-        if unverified:
-            loop = asyncio.get_running_loop()
-            chunks = [
-                unverified[i : i + VERIFY_CHUNK]
-                for i in range(0, len(unverified), VERIFY_CHUNK)
-            ]
-            await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._verify_pool, self._verify, chunk)
-                    for chunk in chunks
-                )
-            )
+        await verify_into_cache(unverified, self.signatures)
 
         now_s = self.clock() // 1000
         added = []
@@ -423,10 +407,6 @@ class Node:
         if added and gossip:
             await self.gossip_txs(added)
         return results  # type: ignore[return-value]
-
-    def _verify(self, txs: list[Transaction]) -> None:
-        for tx in txs:
-            self.signatures.verify(tx)
 
     def _remember_rejection(self, tx_hash: bytes, exc: Exception) -> None:
         if isinstance(exc, TxRejected):

@@ -14,6 +14,7 @@ import time
 import msgpack
 import pytest
 
+import node.verify as verify
 from node.views import ApiError, parse_json
 from state.tx import Transaction
 from tests.node_helpers import C1, C2, running_node
@@ -44,15 +45,23 @@ def test_json_prescan_is_linear_in_body_size():
 
 
 async def test_bad_signature_is_verified_once_per_submission(tmp_path, monkeypatch):
-    calls = 0
-    original = Transaction.verify_signature
+    sent, on_loop = 0, 0
+    original_pairs, original_verify = verify.pairs, Transaction.verify_signature
 
-    def counting(self):
-        nonlocal calls
-        calls += 1
-        return original(self)
+    def counting_pairs(txs):
+        nonlocal sent
+        sent += len(txs)
+        return original_pairs(txs)
 
-    monkeypatch.setattr(Transaction, "verify_signature", counting)
+    def counting_verify(self):
+        nonlocal on_loop
+        on_loop += 1
+        return original_verify(self)
+
+    # Each submitted transaction goes to the verify workers once; none is
+    # verified again on the event loop after its check failed.
+    monkeypatch.setattr(verify, "pairs", counting_pairs)
+    monkeypatch.setattr(Transaction, "verify_signature", counting_verify)
     async with running_node(tmp_path) as h:
         raws = []
         for i in range(10):
@@ -67,7 +76,7 @@ async def test_bad_signature_is_verified_once_per_submission(tmp_path, monkeypat
         assert reply.status == 200
         assert reply.doc["accepted"] == 0
         assert {r["code"] for r in reply.doc["results"]} == {"bad_signature"}
-    assert calls == len(raws)
+    assert (sent, on_loop) == (len(raws), 0)
 
 
 # --- connections ---------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""Signature checks of submitted transactions, in worker processes.
+
+Verifying an Ed25519 signature is the largest single cost of a transaction
+(about 40 µs of libsodium on this class of machine). libsodium releases the
+GIL, so threads could verify while the event loop runs Python, but each check
+is one call: between two of them a verifying thread must take the GIL back,
+and while the event loop executes a block (hundreds of milliseconds of Python)
+it gets it only at the interpreter's switch interval, about one signature per
+thread every 5 ms. Submissions that arrive during a block then wait for the
+block, and verification and execution take turns instead of overlapping.
+
+Worker processes have no GIL to share: they verify while the loop executes.
+A chunk goes to a worker as (signed message, public key) pairs and comes back
+as one boolean per pair; the node then puts the transactions that verified in
+its signature cache, so nothing verifies a transaction twice.
+
+The pool is one per process and started on first use, with the "spawn"
+method: a worker is a fresh interpreter that imports only this module and
+PyNaCl, never a copy of a node with open sockets and a database. A worker
+whose node dies (kill -9 included) reads end-of-file on its task pipe and
+exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import nacl.bindings
+import nacl.exceptions
+
+from state.tx import SignatureCache, Transaction
+
+log = logging.getLogger("node.verify")
+
+# Two workers use both cores of a small machine; the event loop shares them.
+VERIFY_WORKERS = 2
+# Pairs per task: large enough that the pipe and pickling cost little per
+# signature, small enough that a batch spreads over both workers.
+VERIFY_CHUNK = 256
+# How often a worker looks whether its node is still there.
+PARENT_POLL_S = 0.5
+
+_pool: ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def verify_pairs(pairs: list[tuple[bytes, bytes]]) -> list[bool]:
+    """For each (signature + message, public key): whether it verifies. Runs
+    in a worker process."""
+    results = []
+    for signed, key in pairs:
+        try:
+            nacl.bindings.crypto_sign_open(signed, key)
+        except nacl.exceptions.BadSignatureError:
+            results.append(False)
+        else:
+            results.append(True)
+    return results
+
+
+def pairs(txs: list[Transaction]) -> list[tuple[bytes, bytes]]:
+    return [(tx.signature + tx.signing_bytes, tx.signer) for tx in txs]
+
+
+def _shared_pool() -> ProcessPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ProcessPoolExecutor(
+                VERIFY_WORKERS,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_watch_parent,
+                initargs=(os.getpid(),),
+            )
+        return _pool
+
+
+def _watch_parent(parent: int) -> None:
+    """In a worker: exit as soon as the node that started it is gone. A killed
+    node leaves its workers waiting on a pipe that no one will ever write."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _replace_pool(broken: ProcessPoolExecutor) -> None:
+    global _pool
+    with _pool_lock:
+        if _pool is broken:
+            _pool = None
+    broken.shutdown(wait=False, cancel_futures=True)
+
+
+async def verify_into_cache(txs: list[Transaction], cache: SignatureCache) -> None:
+    """Verify `txs` in the worker processes; those that verify go into `cache`.
+
+    A worker that died (the operating system killed it) breaks the pool: the
+    pool is replaced for the next batch and this one verified on the event
+    loop, so a submission is never refused for a failure of ours.
+    """
+    if not txs:
+        return
+    chunks = [txs[i : i + VERIFY_CHUNK] for i in range(0, len(txs), VERIFY_CHUNK)]
+    pool = _shared_pool()
+    try:
+        outcomes = await _in_workers(pool, chunks)
+    except BrokenProcessPool:
+        log.warning("verify worker died; pool replaced chunks=%d", len(chunks))
+        _replace_pool(pool)
+        outcomes = [[tx.verify_signature() for tx in chunk] for chunk in chunks]
+    for chunk, outcome in zip(chunks, outcomes, strict=True):
+        for tx, ok in zip(chunk, outcome, strict=True):
+            if ok:
+                cache.add(tx)
+
+
+async def _in_workers(
+    pool: ProcessPoolExecutor, chunks: list[list[Transaction]]
+) -> list[list[bool]]:
+    loop = asyncio.get_running_loop()
+    futures = [loop.run_in_executor(pool, verify_pairs, pairs(c)) for c in chunks]
+    # Every future is awaited, so none is left with an unread exception.
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
