@@ -27,6 +27,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -84,7 +85,11 @@ def _shared_pool() -> ProcessPoolExecutor:
 
 def _watch_parent(parent: int) -> None:
     """In a worker: exit as soon as the node that started it is gone. A killed
-    node leaves its workers waiting on a pipe that no one will ever write."""
+    node leaves its workers waiting on a pipe that no one will ever write.
+
+    Ctrl-C on a node in the foreground reaches its whole process group; the
+    workers ignore it and stop with the node, as it shuts its pool down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while os.getppid() == parent:
