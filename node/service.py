@@ -382,15 +382,17 @@ class Node:
         # whatever the event loop runs meanwhile; the cache then holds every
         # one that verified, and admission below only looks it up.
         unverified = [tx for _, tx in decoded if tx.hash not in self.signatures]
-        await verify_into_cache(unverified, self.signatures)
+        bad = await verify_into_cache(unverified, self.signatures)
 
         now_s = self.clock() // 1000
         added = []
         for i, tx in decoded:
             try:
-                if tx.hash not in self.signatures and tx.hash not in self.mempool:
-                    # It failed in the pool just now: say so without verifying
-                    # it a second time on the event loop.
+                if tx.hash in bad:
+                    # It failed in the workers just now: say so without
+                    # verifying it a second time on the event loop. (One that
+                    # verified but has left the cache meanwhile, under a
+                    # flood, is verified again by admission.)
                     raise TxRejected(Code.BAD_SIGNATURE, "signature does not verify")
                 admission = self.mempool.admit(tx, now_s)
             except (TxRejected, MempoolFull) as exc:

@@ -14,11 +14,11 @@ A chunk goes to a worker as (signed message, public key) pairs and comes back
 as one boolean per pair; the node then puts the transactions that verified in
 its signature cache, so nothing verifies a transaction twice.
 
-The pool is one per process and started on first use, with the "spawn"
-method: a worker is a fresh interpreter that imports only this module and
-PyNaCl, never a copy of a node with open sockets and a database. A worker
-whose node dies (kill -9 included) reads end-of-file on its task pipe and
-exits.
+The pool is one per process, started on first use and shut down when the
+process exits. It uses the "spawn" method: a worker is a fresh interpreter,
+never a copy of a node with open sockets and a database. A worker whose node
+dies (kill -9 included) notices that its parent is gone and exits; it cannot
+count on end-of-file on its task pipe, whose write end the workers share.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _watch_parent(parent: int) -> None:
     node leaves its workers waiting on a pipe that no one will ever write.
 
     Ctrl-C on a node in the foreground reaches its whole process group; the
-    workers ignore it and stop with the node, as it shuts its pool down."""
+    workers ignore it and stop when the node's process exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
@@ -107,37 +107,57 @@ def _replace_pool(broken: ProcessPoolExecutor) -> None:
     broken.shutdown(wait=False, cancel_futures=True)
 
 
-async def verify_into_cache(txs: list[Transaction], cache: SignatureCache) -> None:
+async def verify_into_cache(
+    txs: list[Transaction], cache: SignatureCache
+) -> set[bytes]:
     """Verify `txs` in the worker processes; those that verify go into `cache`.
+    Returns the hashes of those that do not verify.
 
-    A worker that died (the operating system killed it) breaks the pool: the
-    pool is replaced for the next batch and this one verified on the event
-    loop, so a submission is never refused for a failure of ours.
+    A chunk the workers could not check (a worker died and broke the pool, or
+    the pool is shutting down) is verified on the event loop instead, and a
+    broken pool is replaced for the next batch: a submission is never refused
+    for a failure of ours.
     """
     if not txs:
-        return
+        return set()
     chunks = [txs[i : i + VERIFY_CHUNK] for i in range(0, len(txs), VERIFY_CHUNK)]
     pool = _shared_pool()
-    try:
-        outcomes = await _in_workers(pool, chunks)
-    except BrokenProcessPool:
-        log.warning("verify worker died; pool replaced chunks=%d", len(chunks))
-        _replace_pool(pool)
-        outcomes = [[tx.verify_signature() for tx in chunk] for chunk in chunks]
+    outcomes = await _in_workers(pool, chunks)
+    failed: set[bytes] = set()
     for chunk, outcome in zip(chunks, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            log.warning(
+                "verify workers failed; chunk verified on the loop txs=%d error=%r",
+                len(chunk),
+                outcome,
+            )
+            if isinstance(outcome, BrokenProcessPool):
+                _replace_pool(pool)
+            outcome = [tx.verify_signature() for tx in chunk]
         for tx, ok in zip(chunk, outcome, strict=True):
             if ok:
                 cache.add(tx)
+            else:
+                failed.add(tx.hash)
+    return failed
 
 
 async def _in_workers(
     pool: ProcessPoolExecutor, chunks: list[list[Transaction]]
-) -> list[list[bool]]:
+) -> list[list[bool] | Exception]:
+    """Each chunk's results, or the exception that kept the workers from it."""
     loop = asyncio.get_running_loop()
-    futures = [loop.run_in_executor(pool, verify_pairs, pairs(c)) for c in chunks]
+    futures: list[asyncio.Future | Exception] = []
+    for chunk in chunks:
+        try:
+            futures.append(loop.run_in_executor(pool, verify_pairs, pairs(chunk)))
+        except Exception as exc:  # a broken or shut pool refuses new work
+            futures.append(exc)
+    pending = [f for f in futures if isinstance(f, asyncio.Future)]
     # Every future is awaited, so none is left with an unread exception.
-    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    results = iter(await asyncio.gather(*pending, return_exceptions=True))
+    outcomes = [f if isinstance(f, Exception) else next(results) for f in futures]
     for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome  # cancellation: the submission was abandoned
     return outcomes

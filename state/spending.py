@@ -7,9 +7,10 @@
 - Transfer: lots move to another customer keeping expiry and issuer, within
   the program's daily limit per sender.
 - Expiry: every lot with expires_at <= T is removed at the start of the first
-  block at time T or later, through the expiry index (`sx` + expires_at +
-  account), and counted as expired against its issuer. Reads between blocks
-  already leave such lots out of the balance (Account.balance).
+  block at time T or later, through the expiry index (`x` + expires_at +
+  account, beside the state), and counted as expired against its issuer.
+  Reads between blocks already leave such lots out of the balance
+  (Account.balance).
 """
 
 from __future__ import annotations

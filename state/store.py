@@ -52,6 +52,12 @@ _META_TIME = b"mtime"
 _META_ACC = b"macc"
 _META_CHAIN = b"mchain"
 _META_GENESIS = b"mgenesis"
+_META_FORMAT = b"mformat"
+
+# The chain format this code reads and writes. A database without the marker
+# is of format 1, whose state still held the expiry index (`sx`): its state
+# roots cannot be reproduced by this code, so it is refused, not misread.
+CHAIN_FORMAT = 2
 
 
 # The last byte of a history key: the event's place in its receipt.
@@ -99,6 +105,14 @@ class Store:
     # --- metadata ---
 
     def _load_meta(self, genesis: Genesis) -> None:
+        found = self.db.get(_META_FORMAT)
+        chain_format = 1 if found is None else int.from_bytes(found, "big")
+        if chain_format != CHAIN_FORMAT:
+            raise StoreError(
+                f"database at {self.path} is of chain format {chain_format}; this "
+                f"version reads format {CHAIN_FORMAT}: start the chain anew, or "
+                f"run the version that wrote it"
+            )
         if self.db.get(_META_GENESIS) != genesis.hash:
             raise StoreError(
                 f"database at {self.path} belongs to another genesis "
@@ -147,6 +161,7 @@ class Store:
                 batch.put(key, entries[key])
             batch.put(_META_CHAIN, genesis.chain_id.encode())
             batch.put(_META_GENESIS, genesis.hash)
+            batch.put(_META_FORMAT, h8(CHAIN_FORMAT))
             batch.put(_META_HEIGHT, h8(0))
             batch.put(_META_HASH, genesis.hash)
             batch.put(_META_TIME, h8(genesis.genesis_time_ms))

@@ -44,10 +44,28 @@ async def test_only_transactions_that_verify_enter_the_cache() -> None:
     bad = [forged(tx) for tx in good[:5]]
     cache = SignatureCache()
 
-    await verify.verify_into_cache(good[:300] + bad + good[300:], cache)
+    failed = await verify.verify_into_cache(good[:300] + bad + good[300:], cache)
 
+    assert failed == {tx.hash for tx in bad}
     assert all(tx.hash in cache for tx in good)
     assert not any(tx.hash in cache for tx in bad)
+
+
+async def test_a_pool_that_refuses_work_leaves_the_checks_to_the_loop(
+    monkeypatch,
+) -> None:
+    class Shut:
+        def submit(self, *args, **kwargs):
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    monkeypatch.setattr(verify, "_shared_pool", lambda: Shut())
+    txs = awards(5, Keypair.from_seed(b"\x0b" * 32))
+    cache = SignatureCache()
+
+    failed = await verify.verify_into_cache(txs + [forged(txs[0])], cache)
+
+    assert failed == {forged(txs[0]).hash}
+    assert all(tx.hash in cache for tx in txs)
 
 
 async def test_a_dead_worker_is_replaced_and_the_batch_still_verifies() -> None:

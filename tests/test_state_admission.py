@@ -273,6 +273,15 @@ def test_store_refuses_another_genesis(tmp_path) -> None:
         Store(path, make_genesis(chain_id="perk-test-2"))
 
 
+def test_store_refuses_a_database_of_an_older_chain_format(tmp_path) -> None:
+    path = tmp_path / "db"
+    chain = Chain(path)
+    chain.store.db.delete(b"mformat")  # as written before the marker existed
+    chain.close()
+    with pytest.raises(StoreError, match="chain format 1"):
+        Chain(path)
+
+
 # --- amounts ------------------------------------------------------------------
 
 OUT_OF_RANGE = [0, MAX_AMOUNT + 1, -1, -(2**63), 2**63 - 1, 2**63, 2**64 - 1]
