@@ -203,7 +203,7 @@ class Executor:
         receipts = [ledger.apply(tx) for tx in txs]
         ledger.end_block()
         accumulator = self.store.accumulator.copy()
-        writes = view.finish(accumulator)
+        writes = view.finish(accumulator, self.store.elements)
         result = BlockResult(
             self.store.height + 1, time_ms, txs, receipts, writes, accumulator
         )

@@ -25,7 +25,7 @@ from state.calendar import program_day
 from state.codec import encode
 from state.codes import Code
 from state.program import Rules
-from state.root import Accumulator
+from state.root import Accumulator, ElementMemo
 
 PREFIX_ACCOUNT = b"sa"
 PREFIX_MERCHANT = b"sm"
@@ -523,7 +523,9 @@ class StateView:
         found = self._load(key, Entry)
         return found if found is not None else Entry(None)
 
-    def finish(self, acc: Accumulator) -> dict[bytes, bytes | None]:
+    def finish(
+        self, acc: Accumulator, memo: ElementMemo | None = None
+    ) -> dict[bytes, bytes | None]:
         """Encode changed records, fold them into `acc`, return the writes
         (index entries included, which are not folded into `acc`).
 
@@ -544,6 +546,6 @@ class StateView:
                 if new is not None:
                     added.append((key, new))
                 writes[key] = new
-        acc.update(added, removed)
+        acc.update(added, removed, memo)
         writes.update(self._index)
         return writes

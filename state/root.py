@@ -20,6 +20,7 @@ over every entry of the state namespace (docs/state-root.md).
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 ACC_BYTES = 512
 _MASK = (1 << (8 * ACC_BYTES)) - 1
@@ -67,14 +68,27 @@ class Accumulator:
         self.value = (self.value - element(key, value)) & _MASK
 
     def update(
-        self, added: list[tuple[bytes, bytes]], removed: list[tuple[bytes, bytes]]
+        self,
+        added: list[tuple[bytes, bytes]],
+        removed: list[tuple[bytes, bytes]],
+        memo: ElementMemo | None = None,
     ) -> None:
-        """Add and remove many entries at once (one reduction at the end)."""
+        """Add and remove many entries at once (one reduction at the end).
+
+        With a memo, the element of an entry removed now is usually the one
+        computed when it was added by an earlier block: it is taken from there.
+        """
         total = self.value
-        for key, value in added:
-            total += element(key, value)
-        for key, value in removed:
-            total -= element(key, value)
+        if memo is None:
+            for key, value in added:
+                total += element(key, value)
+            for key, value in removed:
+                total -= element(key, value)
+        else:
+            for key, value in removed:
+                total -= memo.element(key, value)
+            for key, value in added:
+                total += memo.remember(key, value)
         self.value = total & _MASK
 
     def replace(self, key: bytes, old: bytes | None, new: bytes | None) -> None:
@@ -88,3 +102,35 @@ class Accumulator:
 
     def root(self) -> bytes:
         return hashlib.sha256(_ROOT_DOMAIN + self.to_bytes()).digest()
+
+
+class ElementMemo:
+    """The element of the value each key was last given, for recently changed
+    keys.
+
+    An entry that changes again (a customer buying again, a merchant's
+    counters) is removed with the value an earlier block added, whose element
+    was computed then. An element is a pure function of key and value and the
+    memo checks the value, so a hit is always right, whichever blocks were
+    committed; the memo only saves work. Bounded by `capacity` keys; the
+    oldest quarter goes when it is full (an element is 512 bytes).
+    """
+
+    def __init__(self, capacity: int = 50_000):
+        self.capacity = capacity
+        self._known: dict[bytes, tuple[bytes, int]] = {}
+
+    def element(self, key: bytes, value: bytes) -> int:
+        found = self._known.get(key)
+        if found is not None and found[0] == value:
+            return found[1]
+        return element(key, value)
+
+    def remember(self, key: bytes, value: bytes) -> int:
+        known = self._known
+        result = element(key, value)
+        if key not in known and len(known) >= self.capacity:
+            for old in list(itertools.islice(known, len(known) // 4)):
+                del known[old]
+        known[key] = (value, result)
+        return result

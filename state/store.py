@@ -21,6 +21,7 @@ either the previous height or the new one, complete, never a mix.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -39,7 +40,7 @@ from state.ledger import (
     past_validator_key,
 )
 from state.recent import RecentTxs
-from state.root import Accumulator
+from state.root import Accumulator, ElementMemo
 from state.tx import MAX_TTL_S
 
 if TYPE_CHECKING:
@@ -59,6 +60,9 @@ _META_FORMAT = b"mformat"
 # roots cannot be reproduced by this code, so it is refused, not misread.
 CHAIN_FORMAT = 2
 
+
+# State entries the store keeps in memory for execution (see Store.get_state).
+STATE_CACHE_ENTRIES = 200_000
 
 # The last byte of a history key: the event's place in its receipt.
 _EVENT_NUMBER = [bytes([n]) for n in range(256)]
@@ -94,6 +98,10 @@ class Store:
         except plyvel.Error as exc:
             raise StoreError(f"cannot open database at {path}: {exc}") from None
         self.genesis = genesis
+        # State entries as of the last commit, by key (None: absent); filled by
+        # reads, kept true by every commit, bounded by STATE_CACHE_ENTRIES.
+        self._state_cache: dict[bytes, bytes | None] = {}
+        self.elements = ElementMemo()
         if self.db.get(_META_HEIGHT) is None:
             self._write_genesis(genesis)
         self._load_meta(genesis)
@@ -170,7 +178,29 @@ class Store:
     # --- reads used by execution ---
 
     def get_state(self, key: bytes) -> bytes | None:
-        return self.db.get(key)
+        """A state entry as of the last commit.
+
+        Execution reads the same records block after block (a customer buys
+        again, a merchant's counters, the program). A LevelDB read costs a few
+        microseconds, several per transaction; the cache answers repeats from
+        memory. Only commit_block writes state, and it updates every cached
+        key it writes, so the cache never differs from the database.
+        """
+        cache = self._state_cache
+        if key in cache:
+            return cache[key]
+        value = self.db.get(key)
+        if len(cache) >= STATE_CACHE_ENTRIES:
+            self._evict()
+        cache[key] = value
+        return value
+
+    def _evict(self) -> None:
+        """Drop the oldest quarter of the cache (insertion order): one sweep
+        now and then rather than bookkeeping on every read."""
+        cache = self._state_cache
+        for key in list(itertools.islice(cache, len(cache) // 4)):
+            del cache[key]
 
     def is_committed(self, tx_hash: bytes) -> bool:
         """True if a transaction with this hash is in a committed block.
@@ -223,6 +253,10 @@ class Store:
             batch.put(_META_TIME, h8(block.header.time_ms))
             batch.put(_META_ACC, result.accumulator.to_bytes())
 
+        cache = self._state_cache
+        for key, value in result.state_writes.items():
+            if key in cache:
+                cache[key] = value
         self.height = height
         self.block_hash = block.hash
         self.time_ms = block.header.time_ms
