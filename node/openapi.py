@@ -305,7 +305,7 @@ def schemas(max_batch: int) -> dict[str, Any]:
                 "receipts": ref("Hex"),
             },
             description="Canonical bytes of a block, its commit certificate and "
-            "its receipts.",
+            "its receipts: lowercase hex in JSON, bin when the reply is msgpack.",
         ),
         "Evidence": obj(
             {

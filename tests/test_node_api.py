@@ -29,6 +29,8 @@ from tests.node_helpers import (
     running_node,
 )
 
+MSGPACK = "application/msgpack"
+
 
 @pytest.fixture
 async def api(tmp_path):
@@ -258,6 +260,17 @@ async def test_blocks_latest_and_by_height(api: Harness):
     assert block_one["txs"][0]["raw"] == first.hex()
     assert block_one["header"]["height"] == 1
     assert (await api.get("/v1/blocks/3")).status == 404
+
+    # The raw form: the stored bytes, hex in JSON and bin in msgpack.
+    stored = api.node.store
+    raw_json = (await api.get("/v1/blocks/2/raw")).doc
+    packed = await api.get("/v1/blocks/2/raw", headers={"Accept": MSGPACK})
+    assert packed.headers["Content-Type"].startswith(MSGPACK)
+    for doc, as_bytes in ((raw_json, bytes.fromhex), (packed.doc, bytes)):
+        assert doc["height"] == 2
+        assert as_bytes(doc["block"]) == stored.block_bytes(2)
+        assert as_bytes(doc["receipts"]) == stored.receipts_bytes(2)
+        assert as_bytes(doc["commit"]) == b""
 
 
 async def test_validators_health_readiness_and_metrics(api: Harness):
