@@ -32,6 +32,8 @@ import asyncio
 import logging
 import random
 import ssl
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from .connection import (
@@ -50,6 +52,10 @@ from .tls import TLSFailure, accept_tls, client_context, dial_tls, server_contex
 
 # Time given to running connections to close politely when the network stops.
 _STOP_GRACE_SECONDS = 2.0
+# A host whose connects are refused is logged at most once in this interval,
+# and at most this many hosts are remembered for it.
+REFUSAL_LOG_INTERVAL_S = 60.0
+MAX_REFUSAL_LOG_HOSTS = 1024
 
 
 class Network:
@@ -90,6 +96,9 @@ class Network:
         self._inbound_tasks: set[asyncio.Task[object]] = set()
         # Inbound connections not yet admitted; stop() need not wait for them.
         self._handshakes: set[asyncio.Task[object]] = set()
+        self._handshakes_by_host: Counter[str] = Counter()
+        # When each host's refused handshake was last logged (see _accept).
+        self._refusals_logged: dict[str, float] = {}
         self._server: asyncio.Server | None = None
         self._server_context: ssl.SSLContext | None = None
         self._client_context: ssl.SSLContext | None = None
@@ -405,9 +414,11 @@ class Network:
         task = asyncio.current_task()
         assert task is not None  # start_server runs each callback in a task
         self._inbound_tasks.add(task)
-        addr = format_address(writer.get_extra_info("peername"))
+        peername = writer.get_extra_info("peername")
+        addr = format_address(peername)
+        host = peername[0] if isinstance(peername, tuple) else str(peername)
         try:
-            key = await self._handshake_inbound(task, writer, addr)
+            key = await self._handshake_inbound(task, writer, addr, host)
             if key is not None:
                 await self._admit_inbound(key, addr, reader, writer)
         except Exception:
@@ -418,24 +429,52 @@ class Network:
             self._inbound_tasks.discard(task)
 
     async def _handshake_inbound(
-        self, task: asyncio.Task[object], writer: asyncio.StreamWriter, addr: str
+        self,
+        task: asyncio.Task[object],
+        writer: asyncio.StreamWriter,
+        addr: str,
+        host: str,
     ) -> bytes | None:
         """Run TLS on a fresh connection; the peer's key, or None if it failed."""
-        busy = len(self._handshakes) >= self._limits.max_pending_handshakes
-        if self._stopping or busy:
+        limits = self._limits
+        if self._stopping or len(self._handshakes) >= limits.max_pending_handshakes:
+            refused = "too_many_handshakes"
+        elif self._handshakes_by_host[host] >= limits.max_handshakes_per_address:
+            refused = "too_many_handshakes_from_address"
+        else:
+            refused = None
+        if refused is not None:
             writer.transport.abort()
-            self._log_refused("too_many_handshakes", peer=None, addr=addr)
+            self._log_handshake_refused(refused, addr, host)
             return None
+
         self._handshakes.add(task)
+        self._handshakes_by_host[host] += 1
         try:
             return await accept_tls(
-                writer, self._server_context, self._limits.handshake_timeout
+                writer, self._server_context, limits.handshake_timeout
             )
         except TLSFailure as exc:
             self._log_refused(exc.reason, peer=None, addr=addr, detail=exc.detail)
             return None
         finally:
             self._handshakes.discard(task)
+            self._handshakes_by_host[host] -= 1
+            if not self._handshakes_by_host[host]:
+                del self._handshakes_by_host[host]
+
+    def _log_handshake_refused(self, reason: str, addr: str, host: str) -> None:
+        """A flood of connects is refused connect by connect; the log says so
+        once a minute per host, not once per connect."""
+        now = time.monotonic()
+        if now - self._refusals_logged.get(host, -REFUSAL_LOG_INTERVAL_S) < (
+            REFUSAL_LOG_INTERVAL_S
+        ):
+            return
+        if len(self._refusals_logged) >= MAX_REFUSAL_LOG_HOSTS:
+            self._refusals_logged.clear()
+        self._refusals_logged[host] = now
+        self._log_refused(reason, peer=None, addr=addr, detail="more are not logged")
 
     async def _admit_inbound(
         self,

@@ -65,8 +65,12 @@ class Limits:
     inbox_frames: int = 256
     # Requests a peer may have in flight with us before we answer "busy".
     max_inflight_requests: int = 32
-    # TLS handshakes in progress at once, so unauthenticated connects stay cheap.
+    # TLS handshakes in progress at once, so unauthenticated connects stay cheap,
+    # and from any one address, so one host's idle connects cannot take them
+    # all (a node's peers are each at their own address; a local devnet puts
+    # them all at 127.0.0.1, which needs one slot per node it runs).
     max_pending_handshakes: int = 64
+    max_handshakes_per_address: int = 16
     backoff_initial: float = 0.5
     backoff_max: float = 10.0
     ban_threshold: int = 30

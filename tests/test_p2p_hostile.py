@@ -36,6 +36,7 @@ LIMITS = Limits(
     backoff_max=0.3,
     ban_threshold=30,
     ban_seconds=60.0,
+    max_handshakes_per_address=4,
 )
 ECHO = 1
 GOSSIP = 2
@@ -271,3 +272,39 @@ async def test_peer_that_stops_reading_does_not_hold_up_others(caplog) -> None:
         assert sent > 0
         raw.writer.transport.abort()
         await still_serves(node, honest)
+
+
+async def test_idle_connects_from_one_address_hold_only_its_share(caplog) -> None:
+    """Connects that never start TLS take at most the per-address share of
+    handshake slots; the rest are closed at once, logged once, not each."""
+    caplog.set_level(logging.INFO)
+    share = LIMITS.max_handshakes_per_address
+    async with node_with_honest_peer() as (node, honest):
+        idle = [
+            await asyncio.open_connection("127.0.0.1", node.listen_port)
+            for _ in range(share + 6)
+        ]
+        try:
+            # The node answers a refused connect by closing it: end of file
+            # (or a reset) at once. The held ones wait for their TLS, longer
+            # than this look (the handshake timeout).
+            async def closed_at_once(reader: asyncio.StreamReader) -> bool:
+                try:
+                    return await asyncio.wait_for(reader.read(1), 0.5) == b""
+                except TimeoutError:
+                    return False
+                except ConnectionError:
+                    return True
+
+            assert LIMITS.handshake_timeout > 1.0
+            closed = await asyncio.gather(*(closed_at_once(r) for r, _ in idle))
+            assert sum(closed) == 6, closed
+
+            refusals = [m for m in logged(caplog) if "too_many_handshakes" in m]
+            assert len(refusals) == 1, refusals
+            assert "reason=too_many_handshakes_from_address" in refusals[0]
+            # The honest peer, admitted before, is served throughout.
+            assert await honest.request(NODE.public_key, ECHO, b"ok?", 2) == b"ok?"
+        finally:
+            for _, writer in idle:
+                writer.close()
