@@ -99,7 +99,12 @@ def print_report(r: dict) -> None:
         f"  audit (auditor)  {verdict}: {a['blocks']:,} blocks, "
         f"{a['transactions']:,} txs, {a['signatures']:,} signatures verified"
     )
-    print(f"  state root       {r['state_root']}")
+    agree = (
+        f"the same on all {r['nodes']} nodes"
+        if r["state_roots_agree"]
+        else "NODES DISAGREE"
+    )
+    print(f"  state root       {r['state_root']} ({agree})")
     for failure in a["failures"]:
         print(f"    failure: {failure}")
 

@@ -452,6 +452,7 @@ async def build_report(
         "p99_ms": round(latencies[int(len(latencies) * 0.99)], 1) if latencies else 0,
         "state_root": next(iter(roots)),
         "state_roots_agree": len(roots) == 1,
+        "nodes": len(r.validators) + len(r.auditors),
         "audit_ok": audit.ok and len(roots) == 1,
         "audit": audit.to_json(),
     }
