@@ -4,15 +4,23 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# The project alone (what `make run` needs), and with its test extras.
+RUN_STAMP := $(VENV)/.installed-run
+STAMP     := $(VENV)/.installed
 
 .PHONY: install test run lint format bench soak clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -22,7 +30,7 @@ test: $(STAMP)
 
 # The main job: a local network of 4 validators and an auditor in ./devnet,
 # fed the real retail data of data/, then audited; stopped at the end.
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/perk replay --home devnet
 
 lint: $(STAMP)
@@ -32,7 +40,7 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 
-bench: $(STAMP)
+bench: $(RUN_STAMP)
 	$(BIN)/perk bench ledger
 
 clean:

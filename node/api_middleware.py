@@ -227,7 +227,7 @@ BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 # Bytes of the budget this request holds (its reservation, then its body).
 BODY_HELD = web.RequestKey("body_held", int)
 # Bodies held at once, in multiples of api.max_body_bytes.
-BODIES_IN_FLIGHT = 4
+BODIES_IN_FLIGHT = 3
 # Only these methods have bodies the API reads; any other request's body is
 # never read, so it holds nothing (a stream opened with a body must not hold
 # a reservation for as long as it runs).
