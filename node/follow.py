@@ -10,10 +10,9 @@ from __future__ import annotations
 import aiohttp
 import msgpack
 
+from client.http import MSGPACK_TYPE
 from state.block import Receipt, decode_block, decode_receipts
 from state.codec import sha256
-
-MSGPACK = "application/msgpack"
 
 
 class FollowError(Exception):
@@ -24,7 +23,7 @@ async def committed_outcomes(
     session: aiohttp.ClientSession, url: str, height: int
 ) -> list[tuple[bytes, Receipt]]:
     """(transaction hash, receipt) for every transaction of block `height`."""
-    headers = {"Accept": MSGPACK}
+    headers = {"Accept": MSGPACK_TYPE}
     async with session.get(f"{url}/v1/blocks/{height}/raw", headers=headers) as r:
         if r.status != 200:
             raise FollowError(f"{url} block {height}: HTTP {r.status}")

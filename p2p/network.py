@@ -97,7 +97,8 @@ class Network:
         # Inbound connections not yet admitted; stop() need not wait for them.
         self._handshakes: set[asyncio.Task[object]] = set()
         self._handshakes_by_host: Counter[str] = Counter()
-        # When each host's refused handshake was last logged (see _accept).
+        # When each host's refused handshake was last logged
+        # (_log_handshake_refused).
         self._refusals_logged: dict[str, float] = {}
         self._server: asyncio.Server | None = None
         self._server_context: ssl.SSLContext | None = None
@@ -467,9 +468,8 @@ class Network:
         """A flood of connects is refused connect by connect; the log says so
         once a minute per host, not once per connect."""
         now = time.monotonic()
-        if now - self._refusals_logged.get(host, -REFUSAL_LOG_INTERVAL_S) < (
-            REFUSAL_LOG_INTERVAL_S
-        ):
+        last = self._refusals_logged.get(host)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL_S:
             return
         if len(self._refusals_logged) >= MAX_REFUSAL_LOG_HOSTS:
             self._refusals_logged.clear()

@@ -20,7 +20,8 @@ over every entry of the state namespace (docs/state-root.md).
 from __future__ import annotations
 
 import hashlib
-import itertools
+
+from state.bounded import drop_oldest_quarter
 
 ACC_BYTES = 512
 _MASK = (1 << (8 * ACC_BYTES)) - 1
@@ -137,7 +138,6 @@ class ElementMemo:
         known = self._known
         result = element(key, value)
         if key not in known and len(known) >= self.capacity:
-            for old in list(itertools.islice(known, len(known) // 4)):
-                del known[old]
+            drop_oldest_quarter(known)
         known[key] = (value, result)
         return result

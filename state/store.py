@@ -21,13 +21,13 @@ either the previous height or the new one, complete, never a mix.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import plyvel
 
+from state.bounded import drop_oldest_quarter
 from state.codec import decode, encode, sha256
 from state.genesis import Genesis
 from state.ledger import (
@@ -195,16 +195,9 @@ class Store:
         # miss costs little (the Bloom filter answers it).
         if value is not None:
             if len(cache) >= STATE_CACHE_ENTRIES:
-                self._evict()
+                drop_oldest_quarter(cache)
             cache[key] = value
         return value
-
-    def _evict(self) -> None:
-        """Drop the oldest quarter of the cache (insertion order): one sweep
-        now and then rather than bookkeeping on every read."""
-        cache = self._state_cache
-        for key in list(itertools.islice(cache, len(cache) // 4)):
-            del cache[key]
 
     def is_committed(self, tx_hash: bytes) -> bool:
         """True if a transaction with this hash is in a committed block.
