@@ -16,11 +16,14 @@ from state.records import (
     COMPANY,
     KEY_CAMPAIGNS,
     KEY_RULES,
+    PREFIX_MERCHANT,
     Account,
+    Entry,
     Merchant,
     Refused,
     StateView,
     account_key,
+    day_key,
     expiry_key,
     merchant_key,
 )
@@ -50,6 +53,12 @@ class Books:
         self.day = self.program.day_of(now_s)
         self.genesis_rules = genesis_rules if genesis_rules is not None else Rules()
         self.tx_hash = b""
+        # The rules and campaigns records, read once per block: every rule
+        # reads them, and put_rules and put_campaigns are their only writers.
+        self._rules: Rules | None = None
+        self._campaigns: list[list] | None = None
+        # Expiry times by (time, policy, days): one per block time in practice.
+        self._expiries: dict[tuple[int, int, int], int] = {}
         # (account, issuer, coins) removed by expiry at the start of the block,
         # for the node's indexer; not state.
         self.expirations: list[tuple[bytes, bytes, int]] = []
@@ -58,15 +67,24 @@ class Books:
 
     @property
     def rules(self) -> Rules:
-        found = self.view.rules()
-        return found if found is not None else self.genesis_rules
+        if self._rules is None:
+            found = self.view.rules()
+            self._rules = found if found is not None else self.genesis_rules
+        return self._rules
 
     def put_rules(self, rules: Rules) -> None:
         self.view.put(KEY_RULES, rules)
+        self._rules = rules
 
     @property
     def campaigns(self) -> list[list]:
-        return self.view.entry(KEY_CAMPAIGNS).value or []
+        if self._campaigns is None:
+            self._campaigns = self.view.entry(KEY_CAMPAIGNS).value or []
+        return self._campaigns
+
+    def put_campaigns(self, campaigns: list[list]) -> None:
+        self.view.put(KEY_CAMPAIGNS, Entry(campaigns))
+        self._campaigns = campaigns
 
     def require_admin(self, signer: bytes) -> None:
         if signer not in self.program.admins:
@@ -94,15 +112,19 @@ class Books:
 
     def count_day(self, merchant: bytes, field: str, coins: int) -> None:
         """Add to one of the merchant's counters for today (`sd`)."""
-        counters = self.view.day_counters(merchant, self.day)
+        key = day_key(merchant, self.day)
+        counters = self.view.day_counters_at(key)
         setattr(counters, field, getattr(counters, field) + coins)
-        self.view.put_day(merchant, self.day, counters)
+        self.view.put(key, counters)
 
     def count_issued(self, issuer: bytes, merchant: Merchant, coins: int) -> None:
+        day = self.day
         merchant.issued += coins
-        merchant.issued_on_day = merchant.issued_today(self.day) + coins
-        merchant.day = self.day
-        self.put_merchant(issuer, merchant)
+        merchant.issued_on_day = (
+            merchant.issued_on_day if merchant.day == day else 0
+        ) + coins
+        merchant.day = day
+        self.view.put(PREFIX_MERCHANT + issuer, merchant)
         if coins:
             self.count_day(issuer, "issued", coins)
 
@@ -131,12 +153,16 @@ class Books:
 
     def expiry_for(self, available_s: int) -> int:
         rules = self.rules
-        return expiry_time(
-            rules.expiry_policy,
-            rules.expiry_days,
-            available_s,
-            self.program.utc_offset_minutes,
-        )
+        args = (available_s, rules.expiry_policy, rules.expiry_days)
+        found = self._expiries.get(args)
+        if found is None:
+            found = self._expiries[args] = expiry_time(
+                rules.expiry_policy,
+                rules.expiry_days,
+                available_s,
+                self.program.utc_offset_minutes,
+            )
+        return found
 
     def credit(
         self,
@@ -168,6 +194,5 @@ class Books:
         return rest, 0, repaid
 
     def check_balance_limit(self, account: Account, coins: int) -> None:
-        held = account.balance(self.now_s) + account.pending_balance(self.now_s)
-        if held + coins > MAX_BALANCE:
+        if account.holding(self.now_s) + coins > MAX_BALANCE:
             raise Refused(Code.BALANCE_LIMIT)

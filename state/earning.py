@@ -39,6 +39,7 @@ from state.program import (
 )
 from state.records import (
     COMPANY,
+    PREFIX_ACCOUNT,
     TODAY_AWARDS,
     TODAY_EARNED,
     TODAY_ENGAGEMENT,
@@ -64,15 +65,20 @@ class EarningRules(Books):
     def award_purchase(
         self, signer: bytes, p: AwardPurchase | AwardPurchaseWithDetails
     ) -> list:
+        view = self.view
+        customer_key = p.customer
         merchant = self.active_merchant(signer)
-        if p.customer == signer:
+        if customer_key == signer:
             raise Refused(Code.INVALID_RECIPIENT, "a merchant cannot award itself")
-        customer = self.customer(p.customer)
+        customer = self.customer(customer_key)
         if customer.frozen:
             raise Refused(Code.ACCOUNT_FROZEN)
-        if self.view.order(signer, p.order_id) is not None:
+        key_of_order = order_key(signer, p.order_id)
+        if view.record(key_of_order, Order) is not None:
             raise Refused(Code.DUPLICATE_ORDER)
         rules = self.rules
+        day = self.day
+        tiers_on = rules.tiers_on
 
         spend = p.amount - p.paid_with_coins
         base = (
@@ -80,11 +86,9 @@ class EarningRules(Books):
             if spend < rules.min_spend
             else spend * merchant.rate_for(p.category) // 100
         )
-        if rules.tiers_on:
-            history = prune_history(customer.history, self.day, rules.tier_window_days)
-            tier = rules.tier_of(
-                window_total(history, self.day, rules.tier_window_days)
-            )
+        if tiers_on:
+            history = prune_history(customer.history, day, rules.tier_window_days)
+            tier = rules.tier_of(window_total(history, day, rules.tier_window_days))
             coins = base * rules.tier_multiplier(tier) // BP
         else:
             coins = base
@@ -93,54 +97,56 @@ class EarningRules(Books):
             for campaign in active_campaigns(self.campaigns, self.now_s, signer):
                 extra = campaign_extra(campaign, base)
                 if campaign[C_CAP]:
-                    used = self.campaign_used(p.customer, campaign[C_ID])
+                    used = self.campaign_used(customer_key, campaign[C_ID])
                     extra = max(0, min(extra, campaign[C_CAP] - used))
                     uses.append((campaign[C_ID], used + extra))
                 coins += extra
 
-        today = customer.counts_on(self.day)
-        if rules.velocity_per_day and today[TODAY_AWARDS] >= rules.velocity_per_day:
-            raise Refused(Code.VELOCITY_LIMIT_EXCEEDED)
-        if (
-            rules.customer_daily_cap
-            and today[TODAY_EARNED] + coins > rules.customer_daily_cap
-        ):
-            raise Refused(Code.CUSTOMER_DAILY_CAP_EXCEEDED)
-        if merchant.issued_today(self.day) + coins > merchant.daily_cap:
+        counts_days = rules.counts_days
+        if counts_days:
+            today = customer.counts_on(day)
+            if rules.velocity_per_day and today[TODAY_AWARDS] >= rules.velocity_per_day:
+                raise Refused(Code.VELOCITY_LIMIT_EXCEEDED)
+            if (
+                rules.customer_daily_cap
+                and today[TODAY_EARNED] + coins > rules.customer_daily_cap
+            ):
+                raise Refused(Code.CUSTOMER_DAILY_CAP_EXCEEDED)
+        if merchant.issued_today(day) + coins > merchant.daily_cap:
             raise Refused(Code.DAILY_CAP_EXCEEDED)
         self.check_balance_limit(customer, coins)
 
         release_at = self.now_s + rules.pending_s if rules.pending_s else 0
         live, pending, repaid = self.credit(
-            p.customer, customer, coins, signer, release_at, p.order_id
+            customer_key, customer, coins, signer, release_at, p.order_id
         )
-        if rules.counts_days:
-            customer.count(self.day, TODAY_EARNED, coins)
-            customer.count(self.day, TODAY_AWARDS, 1)
-        if rules.tiers_on:
+        if counts_days:
+            customer.count(day, TODAY_EARNED, coins)
+            customer.count(day, TODAY_AWARDS, 1)
+        if tiers_on:
             # Re-evaluated on each award, with this award's coins counted.
-            add_to_history(history, self.day, coins)
+            add_to_history(history, day, coins)
             customer.history = history
             customer.tier = rules.tier_of(
-                window_total(history, self.day, rules.tier_window_days)
+                window_total(history, day, rules.tier_window_days)
             )
         for campaign_id, used in uses:
-            self.view.put(campaign_use_key(p.customer, campaign_id), Entry([used]))
+            view.put(campaign_use_key(customer_key, campaign_id), Entry([used]))
         self.count_issued(signer, merchant, coins)
-        self.put_account(p.customer, customer)
+        view.put(PREFIX_ACCOUNT + customer_key, customer)
         order = Order(
-            p.customer,
+            customer_key,
             p.amount,
             coins,
             release_at=release_at if pending else 0,
-            tier_day=self.day if rules.tiers_on else 0,
+            tier_day=day if tiers_on else 0,
         )
-        self.view.put(order_key(signer, p.order_id), order)
-        events = [("earn", p.customer, live), ("issue", signer, coins)]
+        view.put(key_of_order, order)
+        events = [("earn", customer_key, live), ("issue", signer, coins)]
         if pending:
-            events.append(("pending", p.customer, pending))
+            events.append(("pending", customer_key, pending))
         if repaid:
-            events.append(("repay", p.customer, repaid))
+            events.append(("repay", customer_key, repaid))
         return events
 
     def campaign_used(self, customer: bytes, campaign_id: str) -> int:

@@ -38,7 +38,6 @@ from state.codes import Code
 from state.program import MAX_CAMPAIGNS, with_campaign
 from state.records import (
     COMPANY,
-    KEY_CAMPAIGNS,
     KEY_PROGRAM,
     KEY_PROPOSALS,
     Entry,
@@ -205,7 +204,7 @@ class GovernanceRules(Books):
 
     def write_campaign(self, p: CampaignRule) -> None:
         campaigns = with_campaign(self.campaigns, self.campaign_wire(p), self.now_s)
-        self.view.put(KEY_CAMPAIGNS, Entry(campaigns))
+        self.put_campaigns(campaigns)
 
     def write_engagement(self, p: EngagementRule) -> None:
         rules = self.rules.copy()

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import msgpack
 
 from state.calendar import program_day
-from state.codec import encode
+from state.codec import encoder
 from state.codes import Code
 from state.program import Rules
 from state.root import Accumulator, ElementMemo
@@ -183,6 +183,20 @@ class Account:
                 total += lot[0]
         for entry in self.pending:
             if entry[1] <= now_s and _live(entry[2], now_s):
+                total += entry[0]
+        return total
+
+    def holding(self, now_s: int) -> int:
+        """balance(now_s) + pending_balance(now_s): every coin not expired."""
+        total = 0
+        for lot in self.lots:
+            expires_at = lot[1]
+            if expires_at == 0 or expires_at > now_s:
+                total += lot[0]
+        for entry in self.pending:
+            if entry[1] > now_s:
+                total += entry[0]
+            elif entry[2] == 0 or entry[2] > now_s:
                 total += entry[0]
         return total
 
@@ -467,8 +481,11 @@ class StateView:
         self._index: dict[bytes, bytes | None] = {}
 
     def _load(self, key: bytes, record_type):
-        if key in self._records:
+        # Most loads are of a record this block has already read.
+        try:
             return self._records[key]
+        except KeyError:
+            pass
         raw = self._read(key)
         self._original[key] = raw
         # Records in the store were written canonical by this code and are
@@ -487,6 +504,10 @@ class StateView:
         self._records[key] = record
         self._dirty.add(key)
 
+    def record(self, key: bytes, record_type):
+        """The record at `key`, decoded as `record_type`; None when absent."""
+        return self._load(key, record_type)
+
     def account(self, key: bytes) -> Account | None:
         return self._load(account_key(key), Account)
 
@@ -500,7 +521,9 @@ class StateView:
         return self._load(KEY_PROGRAM, Program)
 
     def day_counters(self, merchant: bytes, day: int) -> DayCounters:
-        key = day_key(merchant, day)
+        return self.day_counters_at(day_key(merchant, day))
+
+    def day_counters_at(self, key: bytes) -> DayCounters:
         found = self._load(key, DayCounters)
         if found is None:
             found = DayCounters()
@@ -535,10 +558,11 @@ class StateView:
         records, original = self._records, self._original
         added: list[tuple[bytes, bytes]] = []
         removed: list[tuple[bytes, bytes]] = []
+        pack = encoder()
         for key in sorted(self._dirty):
             record = records[key]
             wire = None if record is None else record.to_wire()
-            new = None if wire is None else encode(wire)
+            new = None if wire is None else pack(wire)
             old = original[key]
             if new != old:
                 if old is not None:

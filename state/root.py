@@ -85,17 +85,27 @@ class Accumulator:
                 total += element(key, value)
             for key, value in removed:
                 total -= element(key, value)
-        else:
-            for key, value in removed:
-                total -= memo.element(key, value)
-            # Only an entry that changed is likely to change again (an account,
-            # a counter); a new one (an order) is usually written once.
-            changed = {key for key, _ in removed}
-            for key, value in added:
-                if key in changed:
-                    total += memo.remember(key, value)
-                else:
-                    total += element(key, value)
+            self.value = total & _MASK
+            return
+
+        known = memo.known
+        for key, value in removed:
+            found = known.get(key)
+            if found is not None and found[0] == value:
+                total -= found[1]
+            else:
+                total -= element(key, value)
+        # Only an entry that changed is likely to change again (an account, a
+        # counter); a new one (an order) is usually written once, so only the
+        # elements of changed entries are remembered.
+        changed = {key for key, _ in removed}
+        remembered = []
+        for key, value in added:
+            new = element(key, value)
+            total += new
+            if key in changed:
+                remembered.append((key, value, new))
+        memo.remember_all(remembered)
         self.value = total & _MASK
 
     def replace(self, key: bytes, old: bytes | None, new: bytes | None) -> None:
@@ -126,18 +136,19 @@ class ElementMemo:
 
     def __init__(self, capacity: int = 32_000):
         self.capacity = capacity
-        self._known: dict[bytes, tuple[bytes, int]] = {}
+        # key -> (value, element of (key, value)); read by Accumulator.update.
+        self.known: dict[bytes, tuple[bytes, int]] = {}
 
     def element(self, key: bytes, value: bytes) -> int:
-        found = self._known.get(key)
+        found = self.known.get(key)
         if found is not None and found[0] == value:
             return found[1]
         return element(key, value)
 
-    def remember(self, key: bytes, value: bytes) -> int:
-        known = self._known
-        result = element(key, value)
-        if key not in known and len(known) >= self.capacity:
-            drop_oldest_quarter(known)
-        known[key] = (value, result)
-        return result
+    def remember_all(self, entries: list[tuple[bytes, bytes, int]]) -> None:
+        """Keep (key, value, element) triples, the oldest going when full."""
+        known, capacity = self.known, self.capacity
+        for key, value, result in entries:
+            if key not in known and len(known) >= capacity:
+                drop_oldest_quarter(known)
+            known[key] = (value, result)

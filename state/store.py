@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import plyvel
 
 from state.bounded import drop_oldest_quarter
-from state.codec import decode, encode, sha256
+from state.codec import decode, encode, encoder, sha256
 from state.genesis import Genesis
 from state.ledger import (
     KEY_PROGRAM,
@@ -235,15 +235,18 @@ class Store:
             put(b"b" + hb, block.encode())
             put(b"c" + hb, commit)
             put(b"r" + hb, result.receipts_bytes)
+            pack = encoder()
             for index, (tx, receipt) in enumerate(
                 zip(result.txs, result.receipts, strict=True)
             ):
                 position = hb + index.to_bytes(4, "big")
                 tx_hash = tx.hash
                 put(b"t" + tx_hash, position)
-                for n, (name, account, delta) in enumerate(receipt.events):
+                n = 0
+                for name, account, delta in receipt.events:
                     key = b"h" + account + position + _EVENT_NUMBER[n]
-                    put(key, encode([tx_hash, name, delta]))
+                    put(key, pack((tx_hash, name, delta)))
+                    n += 1
 
             batch.put(_META_HEIGHT, hb)
             batch.put(_META_HASH, block.hash)

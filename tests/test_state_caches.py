@@ -44,7 +44,7 @@ def test_memo_gives_the_same_accumulator_as_fresh_elements() -> None:
 
 def test_memo_checks_the_value_not_only_the_key() -> None:
     memo = ElementMemo()
-    memo.remember(b"k", b"old")
+    memo.remember_all([(b"k", b"old", element(b"k", b"old"))])
     assert memo.element(b"k", b"other") == element(b"k", b"other")
     assert memo.element(b"k", b"old") == element(b"k", b"old")
 
