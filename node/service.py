@@ -381,7 +381,7 @@ class Node:
         # Verify signatures in worker processes (node.verify), in parallel with
         # whatever the event loop runs meanwhile; the cache then holds every
         # one that verified, and admission below only looks it up.
-        unverified = [tx for _, tx in decoded if tx.hash not in self.signatures]
+        unverified = [tx for _, tx in decoded if tx not in self.signatures]
         bad = await verify_into_cache(unverified, self.signatures)
 
         now_s = self.clock() // 1000

@@ -538,13 +538,16 @@ def check_stateless(tx: Transaction, chain_id: str, verified: SignatureCache) ->
 
 
 class SignatureCache:
-    """Transactions whose signature verified, by hash; bounded and thread-safe.
+    """Transactions whose signature verified, by their bytes; bounded and
+    thread-safe.
 
     A node decodes and verifies each transaction once: at admission to the
-    mempool, or when it first sees it in a proposed or synced block. The hash
-    covers the signature, so a hit means these exact bytes verified before, and
-    the decoded transaction is handed back so block execution need not decode
-    it again.
+    mempool, or when it first sees it in a proposed or synced block. The bytes
+    include the signature, so a hit means these exact bytes verified before,
+    and the decoded transaction is handed back so block execution need not
+    decode it again. Keyed by the bytes rather than the hash: a block's
+    transaction is found without hashing it first (a bytes object keeps its
+    dictionary hash, so each is hashed once).
     """
 
     def __init__(self, capacity: int = 200_000):
@@ -552,23 +555,20 @@ class SignatureCache:
         self._txs: OrderedDict[bytes, Transaction] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __contains__(self, tx_hash: bytes) -> bool:
-        return tx_hash in self._txs
+    def __contains__(self, tx: Transaction) -> bool:
+        return tx.raw in self._txs
 
     def __len__(self) -> int:
         return len(self._txs)
 
-    def get(self, tx_hash: bytes) -> Transaction | None:
-        return self._txs.get(tx_hash)
-
     def add(self, tx: Transaction) -> None:
         with self._lock:
-            self._txs[tx.hash] = tx
+            self._txs[tx.raw] = tx
             if len(self._txs) > self._capacity:
                 self._txs.popitem(last=False)
 
     def verify(self, tx: Transaction) -> bool:
-        if tx.hash in self._txs:
+        if tx.raw in self._txs:
             return True
         if not tx.verify_signature():
             return False
@@ -578,7 +578,7 @@ class SignatureCache:
     def decode(self, raw: bytes) -> Transaction:
         """The decoded transaction for `raw`, from the cache when it was verified
         before; raises TxRejected when it is malformed."""
-        tx = self._txs.get(sha256(raw))
+        tx = self._txs.get(raw) if type(raw) is bytes else None
         return tx if tx is not None else decode_tx(raw)
 
 

@@ -47,8 +47,8 @@ async def test_only_transactions_that_verify_enter_the_cache() -> None:
     failed = await verify.verify_into_cache(good[:300] + bad + good[300:], cache)
 
     assert failed == {tx.hash for tx in bad}
-    assert all(tx.hash in cache for tx in good)
-    assert not any(tx.hash in cache for tx in bad)
+    assert all(tx in cache for tx in good)
+    assert not any(tx in cache for tx in bad)
 
 
 async def test_a_pool_that_refuses_work_leaves_the_checks_to_the_loop(
@@ -65,7 +65,7 @@ async def test_a_pool_that_refuses_work_leaves_the_checks_to_the_loop(
     failed = await verify.verify_into_cache(txs + [forged(txs[0])], cache)
 
     assert failed == {forged(txs[0]).hash}
-    assert all(tx.hash in cache for tx in txs)
+    assert all(tx in cache for tx in txs)
 
 
 async def test_a_dead_worker_is_replaced_and_the_batch_still_verifies() -> None:
@@ -78,12 +78,12 @@ async def test_a_dead_worker_is_replaced_and_the_batch_still_verifies() -> None:
 
     txs = awards(300, Keypair.from_seed(b"\x09" * 32))
     await verify.verify_into_cache(txs, cache)
-    assert all(tx.hash in cache for tx in txs)
+    assert all(tx in cache for tx in txs)
 
     # A fresh pool serves the next batch.
     more = awards(20, Keypair.from_seed(b"\x0a" * 32))
     await verify.verify_into_cache(more, cache)
-    assert all(tx.hash in cache for tx in more) and verify._shared_pool() is not pool
+    assert all(tx in cache for tx in more) and verify._shared_pool() is not pool
 
 
 def test_workers_exit_when_their_node_is_killed() -> None:
