@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from state.block import Block, Receipt, decode_block, decode_receipts
+from state.bounded import drop_oldest_quarter
 from state.calendar import program_day
 from state.codec import encode
 from state.codes import Code
@@ -85,6 +86,10 @@ CUSTOMER_EVENTS = frozenset(
 
 # A catch-up commits this many blocks per write batch.
 CATCH_UP_BATCH = 256
+
+# Committed index entries kept in memory (two per recent customer; about 200
+# bytes each with the dictionary's share: some 20 MB when full).
+COMMITTED_CACHE_ENTRIES = 100_000
 
 # Redemption records (state.spending): [customer, merchant, amount, lots, reversed].
 _R_LOTS = 3
@@ -172,15 +177,17 @@ StateRead = Callable[[bytes], bytes | None]
 
 
 class _Writes:
-    """Index entries of one block (or catch-up batch), read through to the db.
+    """Index entries of one block (or catch-up batch), read through the
+    indexer's cache of committed entries to the db.
 
     Entries updated many times a block (a customer's tier, a merchant's day)
     are kept decoded as records and encoded once, by `flush`; their keys are
     read only through `record`.
     """
 
-    def __init__(self, db) -> None:
+    def __init__(self, db, committed: dict[bytes, bytes]) -> None:
         self.db = db
+        self.committed = committed
         self.entries: dict[bytes, bytes] = {}
         self._records: dict[bytes, list | None] = {}
         self._changed: set[bytes] = set()
@@ -188,7 +195,12 @@ class _Writes:
     def get(self, key: bytes) -> bytes | None:
         if key in self.entries:
             return self.entries[key]
-        return self.db.get(key)
+        value = self.committed.get(key)
+        if value is None:
+            value = self.db.get(key)
+            if value is not None:
+                _keep(self.committed, key, value)
+        return value
 
     def put(self, key: bytes, value: bytes) -> None:
         self.entries[key] = value
@@ -209,12 +221,26 @@ class _Writes:
         self._changed.clear()
 
 
+def _keep(cache: dict[bytes, bytes], key: bytes, value: bytes) -> None:
+    if key not in cache and len(cache) >= COMMITTED_CACHE_ENTRIES:
+        drop_oldest_quarter(cache)
+    cache[key] = value
+
+
 class Indexer:
     """Keeps the per-day aggregates of the loyalty program (see module doc)."""
 
     def __init__(self, store: Store, signatures: SignatureCache | None = None):
         self.store = store
         self.db = store.db
+        # Index entries as committed, by key: a returning customer's `ia` and
+        # `ic` entries, the day and the totals. Each block reads them, and
+        # each was a database read of a few microseconds. Filled by reads
+        # and by commits, which also overwrite every cached key they write,
+        # so a cached value is always the committed one.
+        self._committed: dict[bytes, bytes] = {}
+        # The entries of the block being committed, kept by `committed`.
+        self._pending: dict[bytes, bytes] = {}
         self.signatures = signatures if signatures is not None else SignatureCache()
         # The program's time zone is fixed at genesis.
         program = Program.from_wire(_unpack(store.get_state(KEY_PROGRAM)))
@@ -237,12 +263,18 @@ class Indexer:
     ) -> dict[bytes, bytes]:
         """The index entries of `block`, to be written with it; `state_after`
         reads the ledger state as the block leaves it."""
-        writes = _Writes(self.db)
+        writes = _Writes(self.db, self._committed)
         self._index(writes, block, txs, receipts, list(expirations), state_after)
+        self._pending = writes.entries
         return writes.entries
 
     def committed(self, height: int) -> None:
-        """The block and its entries are in the store."""
+        """The block and its entries (the last `block_entries`) are in the
+        store."""
+        cache = self._committed
+        for key, value in self._pending.items():
+            _keep(cache, key, value)
+        self._pending = {}
         self.height = height
 
     # --- catching up with the store ---
@@ -254,7 +286,9 @@ class Indexer:
             return 0
         log.info("indexer catching up from=%d to=%d", start, end)
         for first in range(start, end + 1, CATCH_UP_BATCH):
-            writes = _Writes(self.db)
+            # Catch-up writes past the cache: it starts empty after them.
+            self._committed.clear()
+            writes = _Writes(self.db, {})
             last = min(first + CATCH_UP_BATCH - 1, end)
             for height in range(first, last + 1):
                 block = decode_block(self.store.block_bytes(height))
@@ -298,6 +332,9 @@ class Indexer:
             day.values[name] += n
             totals.values[name] += n
 
+        active_prefix = PREFIX_ACTIVE + day_bytes(today)
+        merchant_day_prefix = PREFIX_MERCHANT_DAY + day_bytes(today)
+
         campaigns_raw = state_after(KEY_CAMPAIGNS)
         campaigns = [] if campaigns_raw is None else _unpack(campaigns_raw)
         for campaign in campaigns:
@@ -313,7 +350,7 @@ class Indexer:
             customers = sorted({a for name, a, _ in events if name in CUSTOMER_EVENTS})
             touched = touched or bool(customers)
             for account in customers:
-                self._seen(writes, today, account, day, totals)
+                self._seen(writes, active_prefix, account, day, totals)
             delta = {name: d for name, _, d in events}
             if tx.kind in (Kind.AWARD_PURCHASE, Kind.ENGAGEMENT_REWARD):
                 issuer = next(a for name, a, _ in events if name == "issue")
@@ -329,7 +366,7 @@ class Indexer:
                 count("awards", 1)
                 if coins and active_campaigns(campaigns, time_s, issuer):
                     count("campaign_issued", coins)
-                self._merchant_day(writes, today, issuer, coins)
+                self._merchant_day(writes, merchant_day_prefix, issuer, coins)
                 self._tier(writes, tx.payload.customer, totals, state_after)
             elif tx.kind == Kind.REFUND_PURCHASE:
                 issuer_of(tx.signer)[0] += delta["clawback"]  # coins taken back
@@ -374,10 +411,16 @@ class Indexer:
         writes.flush()
 
     def _seen(
-        self, writes: _Writes, today: int, account: bytes, day: Day, totals: Totals
+        self,
+        writes: _Writes,
+        active_prefix: bytes,
+        account: bytes,
+        day: Day,
+        totals: Totals,
     ) -> None:
-        """Count `account` as active today, and as a customer when new."""
-        active = PREFIX_ACTIVE + day_bytes(today) + account
+        """Count `account` as active today (active_prefix: the `ia` prefix of
+        today), and as a customer when new."""
+        active = active_prefix + account
         if writes.get(active) is None:
             writes.put(active, b"")
             day.values["active_customers"] += 1
@@ -402,8 +445,10 @@ class Indexer:
             writes.put_record(key, [tier])
 
     @staticmethod
-    def _merchant_day(writes: _Writes, today: int, merchant: bytes, coins: int) -> None:
-        key = PREFIX_MERCHANT_DAY + day_bytes(today) + merchant
+    def _merchant_day(
+        writes: _Writes, merchant_day_prefix: bytes, merchant: bytes, coins: int
+    ) -> None:
+        key = merchant_day_prefix + merchant
         issued, awards = writes.record(key) or (0, 0)
         writes.put_record(key, [issued + coins, awards + 1])
 
