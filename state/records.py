@@ -59,6 +59,7 @@ PREFIX_REDEMPTION = b"su"  # + redeem tx hash: [customer, merchant, amount, lots
 COMPANY = bytes(32)
 
 _NEVER = 1 << 64  # sort key of a lot that does not expire
+_UNREAD = object()  # StateView: no record read yet (None: read, absent)
 
 # Indexes into Account.today.
 TODAY_EARNED, TODAY_AWARDS, TODAY_SENT = 0, 1, 2
@@ -481,11 +482,9 @@ class StateView:
         self._index: dict[bytes, bytes | None] = {}
 
     def _load(self, key: bytes, record_type):
-        # Most loads are of a record this block has already read.
-        try:
-            return self._records[key]
-        except KeyError:
-            pass
+        record = self._records.get(key, _UNREAD)
+        if record is not _UNREAD:
+            return record
         raw = self._read(key)
         self._original[key] = raw
         # Records in the store were written canonical by this code and are
