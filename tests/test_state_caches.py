@@ -76,3 +76,14 @@ def test_state_cache_follows_every_commit(tmp_path, monkeypatch, entries) -> Non
             assert chain.store.state_root == recompute_root(chain.store)
     finally:
         chain.close()
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 3, 8])
+def test_a_small_memo_stays_within_its_capacity(capacity) -> None:
+    memo = ElementMemo(capacity=capacity)
+    for n in range(20):
+        memo.remember_all([(b"k%d" % n, b"v", n)])
+        assert len(memo.known) <= capacity
+    # The newest entry is always kept; the oldest go first.
+    assert memo.known[b"k19"] == (b"v", 19)
+    assert b"k0" not in memo.known
