@@ -54,9 +54,16 @@ def audit(args: argparse.Namespace, out: Output) -> int:
     def human() -> None:
         verdict = "OK" if report.ok else "FAILED"
         print(f"audit {verdict}")
-        for key in ("blocks", "transactions", "signatures", "commits", "tx_per_s"):
+        for key in ("blocks", "transactions", "signatures", "commits"):
             print(f"{key:<14}{doc[key]}")
-        print(f"{'state_root':<14}{report.state_root}")
+        print(f"{'replayed at':<14}{doc['tx_per_s']} tx/s")
+        print(f"{'state_root':<14}{report.state_root}  (replayed)")
+        if report.expected_state_root:
+            same = report.expected_state_root == report.state_root
+            print(
+                f"{'node root':<14}{report.expected_state_root}  "
+                f"({'the same' if same else 'DIFFERENT'})"
+            )
         for failure in report.failures:
             print(f"failure       {failure}")
 

@@ -30,8 +30,10 @@ def replay(args: argparse.Namespace, out: Output) -> int:
         nonlocal bar
         bar = tqdm(
             total=total_rows,
+            desc="rows used",
             unit="rows",
-            disable=args.quiet,
+            # Piped to a file, a bar is hundreds of carriage returns on one line.
+            disable=args.quiet or not sys.stderr.isatty(),
             file=sys.stderr,
             dynamic_ncols=True,
         )
@@ -80,6 +82,7 @@ def print_report(r: dict) -> None:
     print(f"  coins expired    {r['coins_expired']:>10,}")
     print(f"  coins outstanding {r['coins_outstanding']:>9,}   (net of customer debt)")
     print("  top merchants: coins issued, redeemed there; settlement in pence")
+    print("  (net above zero: the company owes the merchant; below: the merchant owes)")
     print(f"    {'':<18}{'issued':>12}{'redeemed':>12}{'fee':>12}{'reimbursed':>12}"
           f"{'net':>12}")  # fmt: skip
     for m in r["top_merchants"]:

@@ -78,7 +78,9 @@ def read_password(args: argparse.Namespace, confirm: bool = False) -> str:
         try:
             text = Path(password_file).read_text()
         except OSError as exc:
-            raise CliError(f"cannot read password file: {exc.strerror}") from None
+            raise CliError(
+                f"cannot read password file {password_file}: {exc.strerror}"
+            ) from None
         # Files written by editors and `echo` end with a newline; it is no
         # part of the password.
         return text.rstrip("\r\n")

@@ -79,6 +79,8 @@ class Node:
         self.genesis = genesis
         self.seed = seed
         self.metrics = Metrics()
+        # Read when /metrics is scraped, so it is never stale.
+        self.metrics.peers.set_function(self.peer_count)
         self.events = EventBus()
         self.signatures = SignatureCache()
         self.store: Store | None = None

@@ -10,6 +10,7 @@ at every height, each block certified by a quorum for exactly that block.
 from __future__ import annotations
 
 import logging
+import urllib.request
 
 import pytest
 
@@ -66,3 +67,16 @@ def test_transactions_to_every_node_become_final_everywhere(cluster):
     log.info("every node serves the same blocks")
     chains = cluster.assert_consistent(cluster.members)
     assert min(chain.tip for chain in chains.values()) >= top
+
+    log.info("every node's metrics count the peers its status reports")
+    for name in cluster.members:
+        status = cluster.status(name)
+        assert status is not None and status["peers"] >= 3, (name, status)
+        assert peers_gauge(cluster.nodes[name].api_url) == status["peers"], name
+
+
+def peers_gauge(api_url: str) -> int:
+    with urllib.request.urlopen(f"{api_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    (line,) = [x for x in text.splitlines() if x.startswith("perk_peers ")]
+    return int(float(line.split()[1]))
