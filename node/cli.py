@@ -6,7 +6,7 @@
     perk devnet up|status|down      a local network in the background
     perk wallet create|show|list    signing keys on this machine
     perk status | block | tx | balance | history | validators
-    perk award | redeem | transfer | freeze | unfreeze | merchant ...
+    perk award | refund | redeem | transfer | freeze | unfreeze | merchant ...
     perk bench ledger               measure ledger throughput
 
 Exit codes (see node.cli_common): 0 success, 1 refused by the node or the

@@ -282,8 +282,16 @@ def award(args: argparse.Namespace, out: Output) -> int:
 
     async def build(api: AsyncClient, key: Keypair, chain: str, expires: int) -> bytes:
         return builders.award_purchase(
-            key, chain, expires, customer, args.order_id, args.amount
-        )
+            key, chain, expires, customer, args.order_id, args.amount,
+            args.paid_with_coins, args.category,
+        )  # fmt: skip
+
+    return submit_signed(args, out, build)
+
+
+def refund(args: argparse.Namespace, out: Output) -> int:
+    async def build(api: AsyncClient, key: Keypair, chain: str, expires: int) -> bytes:
+        return builders.refund_purchase(key, chain, expires, args.order_id, args.amount)
 
     return submit_signed(args, out, build)
 
@@ -446,7 +454,23 @@ def add_tx_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("customer")
     p.add_argument("order_id")
     p.add_argument("amount", type=int, help="purchase amount in minor units")
+    p.add_argument(
+        "--paid-with-coins", type=int, default=0, metavar="UNITS",
+        help="the part of the amount paid with coins (it earns nothing)",
+    )  # fmt: skip
+    p.add_argument(
+        "--category", default="", help="the merchant's earning category, if any"
+    )
     p.set_defaults(handler=award)
+
+    p = commands.add_parser(
+        "refund",
+        help="refund part or all of an order; its coins are clawed back (merchant)",
+        parents=signed,
+    )
+    p.add_argument("order_id")
+    p.add_argument("amount", type=int, help="refunded amount in minor units")
+    p.set_defaults(handler=refund)
 
     p = commands.add_parser("redeem", help="spend coins at a merchant", parents=signed)
     p.add_argument("merchant")

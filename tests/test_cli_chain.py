@@ -134,6 +134,12 @@ def test_options_no_wait_ttl_and_chain_id(fake, server, wallet, env):
     [
         (["award", OTHER, "order-9", "1250"], Kind.AWARD_PURCHASE,
          {"order_id": "order-9", "amount": 1250}),
+        (["award", OTHER, "order-10", "1250", "--paid-with-coins", "250",
+          "--category", "books"], Kind.AWARD_PURCHASE,
+         {"order_id": "order-10", "amount": 1250, "paid_with_coins": 250,
+          "category": "books"}),
+        (["refund", "order-9", "400"], Kind.REFUND_PURCHASE,
+         {"order_id": "order-9", "amount": 400}),
         (["freeze", OTHER, "--reason", "fraud"], Kind.SET_ACCOUNT_FROZEN,
          {"frozen": True, "reason": "fraud"}),
         (["unfreeze", OTHER], Kind.SET_ACCOUNT_FROZEN, {"frozen": False}),
