@@ -30,7 +30,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import nacl.bindings
@@ -45,9 +45,17 @@ log = logging.getLogger("node.verify")
 VERIFY_CHUNK = 256
 # How often a worker looks whether its node is still there.
 PARENT_POLL_S = 0.5
+# A pool that has work and finishes none of it for this long is stuck (a
+# worker stopped by SIGSTOP or a debugger, or wedged): its workers are killed,
+# which breaks the pool, and the work is verified on the loop. A healthy
+# worker finishes a chunk in milliseconds, so only a stuck one gets here.
+STALL_S = 10.0
 
 _pool: ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
+# When a worker last finished a chunk (time.monotonic()); set by the pool's
+# own thread as each result arrives, so a busy event loop cannot delay it.
+_last_progress = 0.0
 
 
 def verify_workers() -> int:
@@ -112,6 +120,21 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _note_progress(_work: Future) -> None:
+    global _last_progress
+    _last_progress = time.monotonic()
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers; the pool then fails every chunk it holds with
+    BrokenProcessPool, and verify_into_cache replaces it."""
+    # Before Python 3.14 (ProcessPoolExecutor.kill_workers) the executor's
+    # process table is the only handle on its workers.
+    processes = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        process.kill()
+
+
 def _replace_pool(broken: ProcessPoolExecutor) -> None:
     global _pool
     with _pool_lock:
@@ -129,7 +152,9 @@ async def verify_into_cache(
     A chunk the workers could not check (a worker died and broke the pool, or
     the pool is shutting down) is verified on the event loop instead, and a
     broken pool is replaced for the next batch: a submission is never refused
-    for a failure of ours.
+    for a failure of ours. A pool that finishes nothing for STALL_S while this
+    waits is broken on purpose, so a stopped worker delays a submission by
+    STALL_S at most instead of for ever.
     """
     if not txs:
         return set()
@@ -159,14 +184,18 @@ async def _in_workers(
     pool: ProcessPoolExecutor, chunks: list[list[Transaction]]
 ) -> list[list[bool] | Exception]:
     """Each chunk's results, or the exception that kept the workers from it."""
-    loop = asyncio.get_running_loop()
     futures: list[asyncio.Future | Exception] = []
+    submitted = time.monotonic()
     for chunk in chunks:
         try:
-            futures.append(loop.run_in_executor(pool, verify_pairs, pairs(chunk)))
+            work = pool.submit(verify_pairs, pairs(chunk))
         except Exception as exc:  # a broken or shut pool refuses new work
             futures.append(exc)
+            continue
+        work.add_done_callback(_note_progress)
+        futures.append(asyncio.wrap_future(work))
     pending = [f for f in futures if isinstance(f, asyncio.Future)]
+    await _wait_watching(pool, pending, submitted)
     # Every future is awaited, so none is left with an unread exception.
     results = iter(await asyncio.gather(*pending, return_exceptions=True))
     outcomes = [f if isinstance(f, Exception) else next(results) for f in futures]
@@ -174,3 +203,28 @@ async def _in_workers(
         if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
             raise outcome  # cancellation: the submission was abandoned
     return outcomes
+
+
+async def _wait_watching(
+    pool: ProcessPoolExecutor, futures: list[asyncio.Future], since: float
+) -> None:
+    """Return once every future is done; kill the pool's workers when it
+    finishes no chunk at all (this call's or another's) for STALL_S."""
+    waiting = set(futures)
+    try:
+        while waiting:
+            _, waiting = await asyncio.wait(waiting, timeout=STALL_S)
+            idle = time.monotonic() - max(_last_progress, since)
+            if waiting and idle >= STALL_S:
+                log.warning(
+                    "verify workers finished nothing; killing them "
+                    "idle_s=%.1f chunks_waiting=%d",
+                    idle,
+                    len(waiting),
+                )
+                _kill_workers(pool)
+                since = time.monotonic()
+    except asyncio.CancelledError:
+        for future in futures:
+            future.cancel()  # the submission was abandoned: drop its queued work
+        raise

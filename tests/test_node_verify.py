@@ -86,6 +86,40 @@ async def test_a_dead_worker_is_replaced_and_the_batch_still_verifies() -> None:
     assert all(tx in cache for tx in more) and verify._shared_pool() is not pool
 
 
+async def test_a_stopped_worker_delays_a_batch_by_the_stall_limit_only(
+    monkeypatch,
+) -> None:
+    cache = SignatureCache()
+    await verify.verify_into_cache(awards(10), cache)  # the pool is running
+    pool = verify._shared_pool()
+    stopped = list(pool._processes)
+    monkeypatch.setattr(verify, "STALL_S", 1.0)
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        txs = awards(300, Keypair.from_seed(b"\x0c" * 32))
+        bad = forged(txs[7])
+        started = time.monotonic()
+        failed = await verify.verify_into_cache(txs + [bad], cache)
+        took = time.monotonic() - started
+    finally:
+        for pid in stopped:
+            if alive(pid):
+                os.kill(pid, signal.SIGCONT)
+
+    assert failed == {bad.hash}
+    assert all(tx in cache for tx in txs)
+    assert took < 5, f"the batch waited {took:.1f} s on a stopped worker"
+    # The stopped workers were killed, and a fresh pool serves the next batch.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(pid) for pid in stopped):
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in stopped)
+    more = awards(20, Keypair.from_seed(b"\x0d" * 32))
+    assert await verify.verify_into_cache(more, cache) == set()
+    assert all(tx in cache for tx in more) and verify._shared_pool() is not pool
+
+
 def test_workers_exit_when_their_node_is_killed() -> None:
     script = textwrap.dedent(
         """
