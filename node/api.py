@@ -525,6 +525,10 @@ def create_app(node: Node) -> web.Application:
     for method, path, handler in ROUTES:
         expect = expect_continue if method == "POST" else None
         app.router.add_route(method, path, handler, expect_handler=expect)
+        # HEAD answers as GET without the body (load balancers and health
+        # checks use it); a stream has no end for HEAD to wait for.
+        if method == "GET" and not path.startswith("/v1/stream/"):
+            app.router.add_route("HEAD", path, handler)
     app.on_response_prepare.append(add_cors_headers)
     app.on_shutdown.append(on_shutdown)
     return app

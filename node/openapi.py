@@ -10,6 +10,8 @@ Conventions the schemas rely on: hashes, signatures, raw transactions and
 certificates are lowercase hex; keys are bech32 `perk1...` addresses; amounts
 are integers (coins, or minor units of currency for purchases). A msgpack
 response (Accept: application/msgpack) is the same document as the JSON one.
+Every GET route but the streams also answers HEAD: the same status and
+headers, no body.
 """
 
 from __future__ import annotations

@@ -134,6 +134,8 @@ class Harness:
             body = await response.read()
             reply = Reply(response.status, response.headers, body)
         content_type = reply.headers.get("Content-Type", "")
+        if not body:  # an answer to HEAD, say
+            return reply
         if content_type.startswith(("application/json", "application/problem+json")):
             reply.doc = json.loads(body)
         elif content_type.startswith("application/msgpack"):

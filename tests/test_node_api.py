@@ -296,6 +296,17 @@ async def test_validators_health_readiness_and_metrics(api: Harness):
     assert 'route="/readyz",status="503"' in text
 
 
+async def test_head_answers_like_get_without_a_body(api: Harness):
+    for path in ("/healthz", "/readyz", "/v1/status", "/metrics", "/v1/blocks/1"):
+        got, head = await api.get(path), await api.call("HEAD", path)
+        assert head.status == got.status, path
+        assert head.body == b"", path
+        assert head.headers["Content-Type"] == got.headers["Content-Type"], path
+    # A stream would never end for HEAD; it is not offered.
+    stream = await api.call("HEAD", "/v1/stream/blocks")
+    assert (stream.status, stream.headers["Allow"]) == (405, "GET")
+
+
 # --- batches -------------------------------------------------------------------------
 
 
