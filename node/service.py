@@ -23,6 +23,7 @@ from node.mempool import Admission, Mempool, MempoolFull
 from node.metrics import Metrics
 from node.verify import verify_into_cache
 from state.block import Receipt, decode_receipts
+from state.codec import sha256
 from state.codes import Code
 from state.execute import Executor
 from state.genesis import Genesis
@@ -379,6 +380,9 @@ class Node:
                 # Kept as a value: without its traceback, whose frames hold
                 # this list (a cycle) and every raw transaction of the batch.
                 results[i] = exc.with_traceback(None)
+                # The answer names these bytes' hash; a look-up of it then
+                # says why they were refused, as for any other refusal.
+                self._remember_rejection(sha256(raw), results[i])
 
         # Verify signatures in worker processes (node.verify), in parallel with
         # whatever the event loop runs meanwhile; the cache then holds every

@@ -357,6 +357,25 @@ async def test_batch_results_keep_order_and_refuse_one_by_one(api: Harness):
     assert results[1]["field"] == "txs[1]"
 
 
+async def test_every_refusal_that_names_a_hash_can_be_looked_up(api: Harness):
+    other_chain = api.award(C1, 100, chain_id="perk-other-1")
+    truncated = api.award(C1, 100)[:-5]
+    expired = api.award(C1, 100, expires_at=api.exp - 3600)
+    txs = [other_chain.hex(), truncated.hex(), expired.hex()]
+
+    reply = await api.call("POST", "/v1/transactions/batch", json_body={"txs": txs})
+
+    results = reply.doc["results"]
+    assert [r["code"] for r in results] == ["wrong_chain", "malformed", "expired"]
+    for result in results:
+        looked_up = await api.get(f"/v1/transactions/{result['hash']}")
+        assert looked_up.status == 200, result
+        assert (looked_up.doc["status"], looked_up.doc["code"]) == (
+            "rejected",
+            result["code"],
+        )
+
+
 async def test_batch_limit_follows_config(tmp_path):
     async with running_node(tmp_path, api={"max_batch": 3}) as h:
         txs = [h.award(C1, 100 + i).hex() for i in range(4)]
