@@ -523,12 +523,13 @@ def create_app(node: Node) -> web.Application:
     app[OPENAPI] = build_document(api.max_batch, api.max_body_bytes)
     app[BODY_BUDGET] = BodyBudget(BODIES_IN_FLIGHT * api.max_body_bytes)
     for method, path, handler in ROUTES:
-        expect = expect_continue if method == "POST" else None
-        app.router.add_route(method, path, handler, expect_handler=expect)
-        # HEAD answers as GET without the body (load balancers and health
-        # checks use it); a stream has no end for HEAD to wait for.
-        if method == "GET" and not path.startswith("/v1/stream/"):
-            app.router.add_route("HEAD", path, handler)
+        if method == "GET":
+            # HEAD answers as GET without the body (load balancers and health
+            # checks use it); a stream has no end for HEAD to wait for.
+            stream = path.startswith("/v1/stream/")
+            app.router.add_get(path, handler, allow_head=not stream)
+        else:
+            app.router.add_route(method, path, handler, expect_handler=expect_continue)
     app.on_response_prepare.append(add_cors_headers)
     app.on_shutdown.append(on_shutdown)
     return app
